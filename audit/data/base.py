@@ -1,0 +1,54 @@
+"""What every dataset hands the engine: images in [0, 1], integer masks, a fingerprint."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled image.
+
+    ``image`` is float32, 3 x H x W, in [0, 1]; ``mask`` is int64, H x W, holding
+    class indices in ``[0, num_classes)`` or the dataset's ignore index.  ``name``
+    identifies the sample in error messages and reports (a file path relative to
+    the dataset root, or ``synthetic-000012``).
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    name: str
+
+
+class SegmentationDataset(ABC):
+    """A finite, indexable, deterministic set of labelled images."""
+
+    #: short kind name: ``synthetic``, ``cityscapes``, ``voc``, ``folder``
+    kind: str
+    class_names: tuple[str, ...]
+    ignore_index: int
+    #: one RGB triple per class, for drawing masks in reports
+    palette: tuple[tuple[int, int, int], ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def __getitem__(self, index: int) -> Sample:
+        """Load sample ``index``; raise :class:`~audit.errors.DataError` naming a bad file."""
+
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """SHA-256 hex digest of all the samples depend on (files or generator parameters)."""
+
+    @abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready provenance: kind, root, split, size options, number of samples."""

@@ -1,0 +1,53 @@
+"""One root exception, and one subclass per stage of the pipeline.
+
+Every error SegAudit raises on purpose derives from :class:`SegAuditError`, so a
+caller (the pytest plugin, a user's script) can tell "your input is wrong" from
+"SegAudit crashed".  Messages name the file, claim, key or sample at fault.
+"""
+
+from __future__ import annotations
+
+
+class SegAuditError(Exception):
+    """Root of every error SegAudit raises deliberately."""
+
+
+class ConfigError(SegAuditError, ValueError):
+    """A setting, suite file or claim is malformed.
+
+    ``source`` is the file (or ``"command line"``), ``claim`` the claim id and
+    ``key`` the offending key, when known; the message already contains them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        claim: str | None = None,
+        key: str | None = None,
+    ) -> None:
+        where = []
+        if source:
+            where.append(str(source))
+        if claim:
+            where.append(f"claim {claim!r}")
+        if key:
+            where.append(f"key {key!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+        self.source = source
+        self.claim = claim
+        self.key = key
+
+
+class ModelError(SegAuditError):
+    """The model file cannot be loaded, is refused, or does not fit the data."""
+
+
+class DataError(SegAuditError):
+    """A dataset cannot be opened or one of its samples is unreadable."""
+
+
+class EvaluationError(SegAuditError):
+    """Evaluation produced something unusable (NaN logits, wrong shapes)."""
