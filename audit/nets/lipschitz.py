@@ -144,8 +144,8 @@ def conv_norm_upper_bound(weight: torch.Tensor, *, iterations: int = 200) -> flo
     Weighted Schur test in float64: ``sqrt(max_i (A q)_i / q_i)`` with ``A_ij = sum_t |(K^T *
     K)_{ij}(t)|`` and any positive ``q``.  The bound holds for every positive ``q``; power
     iteration on ``A`` only makes it tighter (towards the Perron root of ``A``), so its
-    convergence does not matter for soundness.  Valid for every input size and for zero
-    padding of any width that does not exceed the "same" padding.
+    convergence does not matter for soundness.  Valid for every input size, any zero padding
+    and any stride: each of those convolutions is a restriction of the one over the whole plane.
     """
     w = weight.detach().to(dtype=torch.float64, device="cpu")
     a = kernel_autocorrelation(w).abs().sum(dim=(2, 3))
@@ -217,15 +217,9 @@ def lipschitz_upper_bound(model: nn.Module) -> tuple[float, list[float]]:
     factors: list[float] = []
     for layer in model.children():
         if isinstance(layer, nn.Conv2d):
-            k_h, k_w = layer.kernel_size
-            same = (k_h // 2, k_w // 2)
-            if (
-                layer.stride != (1, 1)
-                or layer.dilation != (1, 1)
-                or layer.groups != 1
-                or layer.padding_mode != "zeros"
-                or tuple(layer.padding) != same
-            ):
+            # Stride and zero padding only restrict the output of the whole-plane convolution;
+            # dilation, groups and other padding modes would need another bound.
+            if layer.dilation != (1, 1) or layer.groups != 1 or layer.padding_mode != "zeros":
                 raise TypeError(f"unsupported conv for the Schur bound: {layer}")
             factors.append(conv_norm_upper_bound(layer.weight))
         elif not isinstance(layer, (MaxMin, nn.PixelShuffle, nn.PixelUnshuffle)):

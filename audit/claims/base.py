@@ -1,0 +1,166 @@
+"""The contract every claim kind fulfils: parse its TOML keys, measure, and be judged.
+
+A kind is a small class: ``keys`` it accepts beyond the common ones, ``parse`` to turn the
+raw TOML table into canonical parameters (raising :class:`ConfigError` that names the
+file, claim and key), optionally ``expand`` (one claim into several items, e.g. an
+epsilon sweep), and ``measure`` that asks the engine for what it needs.  Comparing the
+measurement with the threshold and wording the verdict is shared, here.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from audit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from audit.engine import Engine
+
+    from audit.metrics import Interval
+
+#: keys every claim may carry, whatever its kind
+COMMON_KEYS: dict[str, str] = {
+    "id": "a short identifier: letters, digits, '-', '_' or '.'",
+    "statement": "the human-readable claim",
+    "kind": "the claim kind",
+    "min": "the lowest acceptable value (a number)",
+    "max": "the highest acceptable value (a number)",
+    "statistic": "'estimate' (default), 'ci_lower' or 'ci_upper': which value is compared",
+}
+STATISTICS = ("estimate", "ci_lower", "ci_upper")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Location of a claim, for error messages."""
+
+    source: str
+    claim: str | None = None
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        return ConfigError(message, source=self.source, claim=self.claim, key=key)
+
+
+@dataclass(frozen=True)
+class Threshold:
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        if self.min is not None and value < self.min:
+            return False
+        return not (self.max is not None and value > self.max)
+
+    def describe(self) -> str:
+        if self.min is not None and self.max is not None:
+            return f"between {self.min:g} and {self.max:g}"
+        if self.min is not None:
+            return f">= {self.min:g}"
+        return f"<= {self.max:g}"
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"min": self.min, "max": self.max}
+
+
+@dataclass(frozen=True)
+class ClaimSpec:
+    """One claim as an item: validated, canonical, ready to measure."""
+
+    suite: str
+    id: str
+    statement: str
+    kind: str
+    params: Mapping[str, Any]
+    threshold: Threshold
+    statistic: str
+    source: str
+
+    @property
+    def nodeid(self) -> str:
+        return f"{self.suite}::{self.id}"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a kind measured for one claim, before it is judged."""
+
+    value: float
+    #: the quantity in words, e.g. "mIoU" or "IoU of class 'car'"
+    quantity: str
+    #: the conditions in words, e.g. "clean" or "pgd linf eps=4/255, 20 steps"
+    condition: str
+    num_samples: int
+    interval: Interval | None = None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    compared: float
+    summary: str
+    detail: str
+
+
+def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
+    """Compare a measurement with the claim's threshold and word the outcome as sentences.
+
+    The first line reads alone as pytest's short summary.
+    """
+    if spec.statistic == "estimate" or m.interval is None:
+        compared, which = m.value, m.quantity
+    else:
+        side = "lower" if spec.statistic == "ci_lower" else "upper"
+        compared = m.interval.low if side == "lower" else m.interval.high
+        which = f"{side} {m.interval.confidence:.0%} bound of {m.quantity}"
+    passed = spec.threshold.holds(compared)
+    ci = ""
+    if m.interval is not None:
+        ci = f", {m.interval.confidence:.0%} CI {m.interval.low:.3f}-{m.interval.high:.3f}"
+    sample_text = f"{m.num_samples} image{'s' if m.num_samples != 1 else ''}"
+    if spec.statistic != "estimate" and m.interval is None:
+        ci = ", no interval (too few images), so the estimate is compared"
+    detail = (
+        f"{which} {m.condition} is {compared:.3f}{ci} on {sample_text}; "
+        f"claim requires {spec.threshold.describe()}"
+    )
+    if passed:
+        summary = f"claim {spec.id!r} holds: {which} {compared:.3f} {spec.threshold.describe()}"
+    else:
+        summary = (
+            f"claim {spec.id!r} violated: {which} {m.condition} is {compared:.3f}, "
+            f"claim requires {spec.threshold.describe()} ({sample_text}{ci})"
+        )
+    return Verdict(passed=passed, compared=compared, summary=summary, detail=detail)
+
+
+class ClaimKind(ABC):
+    """Base class of claim kinds; subclasses register with :func:`audit.claims.register`."""
+
+    #: the value of ``kind`` in a suite file
+    name: ClassVar[str]
+    #: accepted keys beyond :data:`COMMON_KEYS`, mapped to a description of their values
+    keys: ClassVar[Mapping[str, str]] = {}
+    #: the range a threshold may take, e.g. (0, 1) for scores; None for unbounded
+    value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+
+    @classmethod
+    @abstractmethod
+    def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
+        """Validate the kind's own keys of one claim table and return canonical parameters."""
+
+    @classmethod
+    def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
+        """One claim may become several items (a sweep); by default it stays one."""
+        return [spec]
+
+    @classmethod
+    @abstractmethod
+    def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
+        """Ask the engine for what the claim needs and return the measured value."""

@@ -1,0 +1,210 @@
+"""Settings of one audit run, merged from ``[tool.segaudit]``, ``audit.toml`` and the command line.
+
+Torch-free on purpose: ``pytest --help`` and collection errors must not pay for importing
+torch.  Precedence, lowest first: defaults, ``pyproject.toml`` ``[tool.segaudit]``,
+``audit.toml`` (top-level keys), command-line options.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from audit.errors import ConfigError
+
+DEMO_MODEL = "demo"
+DEFAULT_SUITE = "smoke"
+DEFAULT_DATA = "synthetic"
+DEFAULT_REPORT_DIR = "audit-report"
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an audit run needs to know before it loads anything.
+
+    Paths are absolute once :func:`resolve_settings` has run.
+    """
+
+    model: str = DEMO_MODEL
+    data: str = DEFAULT_DATA
+    suites: tuple[str, ...] = (DEFAULT_SUITE,)
+    report_dir: Path = Path(DEFAULT_REPORT_DIR)
+    device: str = "auto"
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int = 8
+    trust_pickle: bool = False
+    factory: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    bootstrap_resamples: int = 1000
+    confidence: float = 0.95
+    examples: int = 4
+    base_dir: Path = Path(".")
+    invocation_dir: Path = Path(".")
+    #: where each setting came from, for error messages: key -> "command line" / file path
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    @property
+    def uses_demo_model(self) -> bool:
+        return self.model == DEMO_MODEL
+
+    def base_for(self, key: str) -> Path:
+        """Directory that a relative path in setting ``key`` is relative to."""
+        return self.invocation_dir if self.sources.get(key) == "command line" else self.base_dir
+
+
+#: file key -> (Settings field, expected type description)
+FILE_KEYS: dict[str, str] = {
+    "model": "model",
+    "data": "data",
+    "suites": "suites",
+    "report": "report_dir",
+    "device": "device",
+    "seed": "seed",
+    "limit": "limit",
+    "batch_size": "batch_size",
+    "trust_pickle": "trust_pickle",
+    "factory": "factory",
+    "metadata": "metadata",
+    "bootstrap_resamples": "bootstrap_resamples",
+    "confidence": "confidence",
+    "examples": "examples",
+}
+
+
+def _type_error(source: str, key: str, expected: str, value: object) -> ConfigError:
+    return ConfigError(
+        f"expected {expected}, got {value!r} ({type(value).__name__})", source=source, key=key
+    )
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Validate one setting's value and return it in its canonical type."""
+    if key in ("model", "data", "factory"):
+        if not isinstance(value, str) or not value:
+            raise _type_error(source, key, "a non-empty string", value)
+        if key == "factory" and not re.fullmatch(r"[\w.]+:[\w.]+", value):
+            raise ConfigError(
+                f"expected 'package.module:function', got {value!r}", source=source, key=key
+            )
+        return value
+    if key == "suites":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
+            raise _type_error(source, key, "a suite name or path, or a list of them", value)
+        return tuple(value)
+    if key == "report":
+        if not isinstance(value, str | Path) or not str(value):
+            raise _type_error(source, key, "a directory path", value)
+        return Path(value)
+    if key == "device":
+        if not isinstance(value, str) or not _DEVICE_RE.match(value):
+            raise ConfigError(
+                f"expected auto, cpu, cuda, cuda:<index> or mps, got {value!r}",
+                source=source,
+                key=key,
+            )
+        return value
+    if key in ("seed", "batch_size", "bootstrap_resamples", "examples", "limit"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _type_error(source, key, "an integer", value)
+        minimum = {"seed": 0, "batch_size": 1, "bootstrap_resamples": 0, "examples": 0}.get(key, 1)
+        if value < minimum:
+            raise ConfigError(f"must be >= {minimum}, got {value}", source=source, key=key)
+        return value
+    if key == "trust_pickle":
+        if not isinstance(value, bool):
+            raise _type_error(source, key, "true or false", value)
+        return value
+    if key == "confidence":
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+            raise _type_error(source, key, "a number between 0 and 1 (exclusive)", value)
+        return float(value)
+    if key == "metadata":
+        if not isinstance(value, Mapping):
+            raise _type_error(source, key, "a table of model metadata", value)
+        return dict(value)
+    raise AssertionError(f"unhandled setting {key}")  # FILE_KEYS and _coerce out of sync
+
+
+def settings_from_mapping(data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
+    """Validate a ``[tool.segaudit]`` table (or ``audit.toml``) into Settings field values."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in FILE_KEYS:
+            raise ConfigError(
+                f"unknown setting; known settings are {', '.join(sorted(FILE_KEYS))}",
+                source=source,
+                key=key,
+            )
+        out[FILE_KEYS[key]] = _coerce(key, value, source)
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+
+
+def file_settings(rootdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """Settings in ``rootdir/pyproject.toml`` and ``rootdir/audit.toml``, with their sources."""
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    pyproject = rootdir / "pyproject.toml"
+    if pyproject.is_file():
+        table = _read_toml(pyproject).get("tool", {}).get("segaudit")
+        if table is not None:
+            if not isinstance(table, Mapping):
+                raise ConfigError("[tool.segaudit] must be a table", source=str(pyproject))
+            found = settings_from_mapping(table, source=f"{pyproject} [tool.segaudit]")
+            values.update(found)
+            sources.update(dict.fromkeys(found, str(pyproject)))
+    audit_toml = rootdir / "audit.toml"
+    if audit_toml.is_file():
+        found = settings_from_mapping(_read_toml(audit_toml), source=str(audit_toml))
+        values.update(found)
+        sources.update(dict.fromkeys(found, str(audit_toml)))
+    return values, sources
+
+
+def resolve_settings(
+    *,
+    rootdir: Path,
+    cli: Mapping[str, Any],
+    invocation_dir: Path | None = None,
+) -> Settings:
+    """Merge defaults, config files under ``rootdir`` and command-line values (``None`` = unset).
+
+    Relative paths from files resolve against ``rootdir``; from the command line, against
+    the directory pytest was started in.
+    """
+    invocation_dir = invocation_dir or Path.cwd()
+    values, sources = file_settings(rootdir)
+    for key, value in cli.items():
+        if value is None or (key == "suites" and not value):
+            continue
+        file_key = next(k for k, f in FILE_KEYS.items() if f == key)
+        values[key] = _coerce(file_key, value, "command line")
+        sources[key] = "command line"
+
+    settings = replace(
+        Settings(), **values, sources=sources, base_dir=rootdir, invocation_dir=invocation_dir
+    )
+    report_dir = settings.report_dir
+    if not report_dir.is_absolute():
+        report_dir = settings.base_for("report_dir") / report_dir
+    model = settings.model
+    if model != DEMO_MODEL and not Path(model).is_absolute():
+        model = str(settings.base_for("model") / model)
+    return replace(settings, report_dir=report_dir.resolve(), model=model)

@@ -1,0 +1,107 @@
+"""A user's own data: an image folder and a mask folder matched by file stem."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from audit.data.io import IMAGE_SUFFIXES, check_size, require_dir
+from audit.data.paired import PairedFileDataset
+from audit.data.voc import voc_palette
+from audit.errors import ConfigError, DataError
+
+CLASSES_FILE = "classes.txt"
+
+
+def _read_classes_file(path: Path) -> tuple[str, ...]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read class names from {path}: {exc}") from exc
+    return tuple(line.strip() for line in lines if line.strip())
+
+
+def _by_stem(folder: Path, suffixes: Sequence[str], what: str) -> dict[str, Path]:
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if not path.is_file() or path.suffix.lower() not in suffixes:
+            continue
+        if path.stem in found:
+            raise DataError(f"{what} {found[path.stem]} and {path} share the stem {path.stem!r}")
+        found[path.stem] = path
+    return found
+
+
+class FolderDataset(PairedFileDataset):
+    """``root/<images>/<stem>.<ext>`` paired with ``root/<masks>/<stem>.png`` of class indices.
+
+    Class names come from ``root/classes.txt`` (one per line) or ``class_names``.
+    """
+
+    kind = "folder"
+
+    def __init__(
+        self,
+        root: str | Path,
+        images: str = "images",
+        masks: str = "masks",
+        class_names: Sequence[str] | None = None,
+        ignore_index: int = 255,
+        size: tuple[int, int] | None = None,
+    ) -> None:
+        size = check_size(size)
+        root = require_dir(Path(root).expanduser().resolve(), "dataset root")
+        self.class_names = self._class_names(root, class_names)
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise ConfigError(f"must be an integer, got {ignore_index!r}", key="ignore_index")
+        if 0 <= ignore_index < len(self.class_names):
+            raise ConfigError(
+                f"{ignore_index} is the index of class {self.class_names[ignore_index]!r}; "
+                f"choose a value outside [0, {len(self.class_names)})",
+                key="ignore_index",
+            )
+        self.ignore_index = ignore_index
+        self.palette = voc_palette(len(self.class_names))
+
+        image_dir = require_dir(root / images, "image folder")
+        mask_dir = require_dir(root / masks, "mask folder")
+        image_files = _by_stem(image_dir, IMAGE_SUFFIXES, "images")
+        mask_files = _by_stem(mask_dir, (".png",), "masks")
+        pairs = []
+        for stem, image in image_files.items():
+            if stem not in mask_files:
+                raise DataError(f"image {image} has no mask: expected {mask_dir / (stem + '.png')}")
+            pairs.append((image, mask_files[stem]))
+        if not pairs:
+            raise DataError(
+                f"image folder {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        super().__init__(root, pairs, size=size, options={"images": images, "masks": masks})
+
+    @staticmethod
+    def _class_names(root: Path, given: Sequence[str] | None) -> tuple[str, ...]:
+        path = root / CLASSES_FILE
+        from_file = _read_classes_file(path) if path.is_file() else None
+        if given is not None and (
+            isinstance(given, str) or not all(isinstance(n, str) for n in given)
+        ):
+            raise ConfigError(f"must be a list of strings, got {given!r}", key="class_names")
+        from_arg = tuple(n.strip() for n in given) if given is not None else None
+        if from_file is not None and from_arg is not None and from_file != from_arg:
+            raise ConfigError(
+                f"{path} lists {list(from_file)} but {list(from_arg)} were given; "
+                "drop one or make them agree",
+                key="class_names",
+            )
+        names = from_file if from_file is not None else from_arg
+        if names is None:
+            raise DataError(
+                f"no class names for {root}: write {path} (one name per line) or pass class_names"
+            )
+        if not names:
+            origin = path if from_file is not None else "class_names"
+            raise DataError(f"no class names for {root}: {origin} is empty")
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise DataError(f"class names for {root} repeat {duplicates}")
+        return names

@@ -1,0 +1,273 @@
+"""The engine: owns device, batching, seeding, and a cache of computed evaluations.
+
+Claims never run the model themselves; they ask the engine, which computes each
+evaluation once per key (everything the result depends on) and hands the same result
+to every claim that needs it.  The engine knows nothing about pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+import torch
+
+from audit import metrics
+from audit.errors import ConfigError, EvaluationError
+
+if TYPE_CHECKING:
+    from audit.claims.base import ClaimSpec
+    from audit.data.base import SegmentationDataset
+    from audit.model import LoadedModel
+
+T = TypeVar("T")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable device is a configuration error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("CUDA was requested but is not available here", key="device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{name} requested but only {torch.cuda.device_count()} CUDA device(s) exist",
+                key="device",
+            )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("MPS was requested but is not available here", key="device")
+    return device
+
+
+@dataclass(frozen=True)
+class Batch:
+    images: torch.Tensor  # N x 3 x H x W on the engine's device, [0, 1]
+    masks: torch.Tensor  # N x H x W int64 on the engine's device
+    names: tuple[str, ...]
+    indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One image kept for the report, as arrays ready to draw."""
+
+    name: str
+    image: np.ndarray  # H x W x 3 uint8
+    mask: np.ndarray  # H x W int64 (ignore index kept)
+    prediction: np.ndarray  # H x W int64
+    pixel_accuracy: float
+
+
+@dataclass(frozen=True)
+class CleanEvaluation:
+    """Predictions on unperturbed images, reduced to additive state."""
+
+    per_image: torch.Tensor  # N x K x K int64 confusion matrices
+    sample_names: tuple[str, ...]
+    resolutions: tuple[tuple[int, int], ...]
+    examples: tuple[Example, ...] = field(default=())
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.per_image.shape[0])
+
+    @property
+    def confusion(self) -> torch.Tensor:
+        return self.per_image.sum(0)
+
+    @property
+    def num_pixels(self) -> int:
+        return int(self.per_image.sum())
+
+    @property
+    def resolution(self) -> tuple[int, int] | None:
+        """The common input size, or ``None`` when images differ in size."""
+        sizes = set(self.resolutions)
+        return next(iter(sizes)) if len(sizes) == 1 else None
+
+
+def cache_key(parts: Mapping[str, Any]) -> str:
+    """Hash of a canonical JSON of everything a result depends on."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class Engine:
+    """Runs one model over one dataset slice and caches what it computes."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        dataset: SegmentationDataset,
+        *,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        batch_size: int = 8,
+        limit: int | None = None,
+        bootstrap_resamples: int = 1000,
+        confidence: float = 0.95,
+        examples: int = 4,
+    ) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.num_samples = len(dataset) if limit is None else min(limit, len(dataset))
+        self.bootstrap_resamples = bootstrap_resamples
+        self.confidence = confidence
+        self.max_examples = examples
+        self.forward_passes = 0
+        self._cache: dict[str, Any] = {}
+        self._classes_checked = False
+        self.module = model.module.to(self.device)
+
+    # -- identity -----------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.dataset.class_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.dataset.class_names)
+
+    @property
+    def ignore_index(self) -> int:
+        return self.dataset.ignore_index
+
+    def key_parts(self, evaluation: str, **params: Any) -> dict[str, Any]:
+        """Everything a cached evaluation depends on."""
+        return {
+            "evaluation": evaluation,
+            "params": params,
+            "model": self.model.sha256,
+            "data": self.dataset.fingerprint(),
+            "num_samples": self.num_samples,
+            "seed": self.seed,
+            "torch": torch.__version__,
+        }
+
+    def is_cached(self, parts: Mapping[str, Any]) -> bool:
+        """Whether ``parts`` has been computed (successfully or not) already."""
+        return cache_key(parts) in self._cache
+
+    def cached(self, parts: Mapping[str, Any], compute: Callable[[], T]) -> T:
+        """Compute once per key; a failure is cached too, so every claim reports it at once."""
+        key = cache_key(parts)
+        if key in self._cache:
+            hit = self._cache[key]
+            if isinstance(hit, BaseException):
+                raise hit
+            return hit
+        try:
+            value = compute()
+        except Exception as exc:
+            self._cache[key] = exc
+            raise
+        self._cache[key] = value
+        return value
+
+    # -- data and model -----------------------------------------------------------------
+    def batches(self) -> Iterator[Batch]:
+        """Batches of consecutive samples of equal size (a size change starts a new batch)."""
+        pending: list[tuple[int, Any]] = []
+        for index in range(self.num_samples):
+            sample = self.dataset[index]
+            if pending and pending[0][1].image.shape != sample.image.shape:
+                yield self._collate(pending)
+                pending = []
+            pending.append((index, sample))
+            if len(pending) == self.batch_size:
+                yield self._collate(pending)
+                pending = []
+        if pending:
+            yield self._collate(pending)
+
+    def _collate(self, items: list[tuple[int, Any]]) -> Batch:
+        images = torch.stack([s.image for _, s in items]).to(self.device, torch.float32)
+        masks = torch.stack([s.mask for _, s in items]).to(self.device, torch.int64)
+        return Batch(images, masks, tuple(s.name for _, s in items), tuple(i for i, _ in items))
+
+    def forward(self, images: torch.Tensor, names: tuple[str, ...] = ()) -> torch.Tensor:
+        """Logits ``N x K x H x W`` in float32, checked for class count and finiteness."""
+        from audit.model import check_finite, check_num_classes
+
+        self.forward_passes += 1
+        logits = self.module(images)
+        if not self._classes_checked:
+            check_num_classes(
+                logits,
+                self.num_classes,
+                model_name=self.model.path.name if self.model.path else "model",
+                dataset_name=self.dataset.kind,
+                class_names=self.class_names,
+            )
+            self._classes_checked = True
+        logits = logits.float()
+        check_finite(logits, names or tuple(f"batch item {i}" for i in range(len(logits))))
+        return logits
+
+    # -- evaluations --------------------------------------------------------------------
+    def clean(self) -> CleanEvaluation:
+        """Clean predictions over the dataset slice, computed once."""
+        return self.cached(self.key_parts("clean"), self._compute_clean)
+
+    def _compute_clean(self) -> CleanEvaluation:
+        per_image: list[torch.Tensor] = []
+        names: list[str] = []
+        sizes: list[tuple[int, int]] = []
+        examples: list[Example] = []
+        with torch.inference_mode():
+            for batch in self.batches():
+                pred = self.forward(batch.images, batch.names).argmax(1)
+                cms = metrics.per_image_confusion(
+                    pred, batch.masks, self.num_classes, self.ignore_index
+                ).cpu()
+                per_image.append(cms)
+                names.extend(batch.names)
+                sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
+                for j in range(len(batch.names)):
+                    if len(examples) >= self.max_examples:
+                        break
+                    examples.append(_example(batch, j, pred[j], cms[j]))
+        if not per_image:
+            raise EvaluationError(f"dataset {self.dataset.kind!r} has no samples to evaluate")
+        return CleanEvaluation(torch.cat(per_image), tuple(names), tuple(sizes), tuple(examples))
+
+    def score(
+        self, per_image: torch.Tensor, metric: str, *, claim: ClaimSpec | None = None
+    ) -> tuple[float, metrics.Interval | None]:
+        """A dataset-level metric and its bootstrap interval from per-image confusion matrices."""
+        try:
+            fn = metrics.metric_function(metric, self.class_names)
+        except KeyError as exc:
+            where = f"{claim.source}, claim {claim.id!r}, key 'metric': " if claim else ""
+            raise ConfigError(f"{where}{exc.args[0]}") from None
+        value = float(fn(per_image.sum(0)))
+        interval = metrics.bootstrap_interval(
+            per_image,
+            fn,
+            n_resamples=self.bootstrap_resamples,
+            confidence=self.confidence,
+            seed=self.seed,
+        )
+        return value, interval
+
+
+def _example(batch: Batch, j: int, pred: torch.Tensor, cm: torch.Tensor) -> Example:
+    image = (batch.images[j].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+    total = int(cm.sum())
+    accuracy = float(cm.diagonal().sum()) / total if total else float("nan")
+    return Example(
+        name=batch.names[j],
+        image=image,
+        mask=batch.masks[j].cpu().numpy(),
+        prediction=pred.cpu().numpy(),
+        pixel_accuracy=accuracy,
+    )

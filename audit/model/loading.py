@@ -1,0 +1,342 @@
+"""Load a model file of any supported format into a :class:`SegmentationWrapper`.
+
+Formats are recognised from the file's content (see :mod:`audit.model.formats`).  Nothing
+is ever unpickled with arbitrary-code execution unless the user opted in with
+``trust_pickle``: state dicts go through ``torch.load(weights_only=True)``, whose restricted
+unpickler refuses to call anything but tensor constructors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from audit.errors import ConfigError, ModelError
+from audit.model import formats
+from audit.model.frozen_training import export_training_ops, torchscript_training_ops
+from audit.model.metadata import ModelMetadata
+from audit.model.wrapper import SegmentationWrapper
+
+METADATA_MEMBER = "audit.json"
+_DEMO_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo_segnet.pt"
+# How many state-dict keys an error message lists.
+_SHOWN_KEYS = 8
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to audit, with where it came from.
+
+    ``metadata`` is what the wrapper normalises with: the file's embedded ``audit.json``
+    merged with the ``metadata`` argument of :func:`load_model`, if any.
+    ``embedded_metadata`` is the file's own, for provenance in reports.
+    """
+
+    module: SegmentationWrapper
+    path: Path | None
+    sha256: str
+    format: str  # "torchscript" | "export" | "state_dict" | "safetensors" | "pickle"
+    metadata: ModelMetadata
+    embedded_metadata: ModelMetadata = field(default_factory=ModelMetadata)
+
+    def with_metadata(self, metadata: ModelMetadata) -> LoadedModel:
+        """The same model rewrapped with ``metadata`` (new normalisation, same weights)."""
+        wrapper = SegmentationWrapper(self.module.model, metadata, name=self.module.name)
+        return dataclasses.replace(self, module=wrapper, metadata=metadata)
+
+
+def demo_model_path() -> Path:
+    """The small TorchScript segmentation model bundled with SegAudit."""
+    return _DEMO_MODEL
+
+
+def load_model(
+    path: str | Path,
+    *,
+    factory: str | None = None,
+    trust_pickle: bool = False,
+    metadata: ModelMetadata | None = None,
+    map_location: str | torch.device = "cpu",
+) -> LoadedModel:
+    """Load ``path`` and wrap it; ``metadata`` overrides fields of the embedded metadata.
+
+    State dicts and ``.safetensors`` need ``factory="package.module:function"``, a
+    function that builds the untrained ``nn.Module`` the weights belong to.
+    """
+    path = Path(path)
+    _check_readable(path)
+    kind = formats.sniff_format(path)
+    digest = _sha256(path)
+    if kind == formats.TORCHSCRIPT:
+        model, embedded = _load_torchscript(path, map_location)
+        fmt = "torchscript"
+    elif kind == formats.EXPORT:
+        model, embedded = _load_export(path, map_location)
+        fmt = "export"
+    elif kind == formats.SAFETENSORS:
+        model, embedded = _load_safetensors(path, factory, map_location)
+        fmt = "safetensors"
+    else:
+        model, fmt = _load_torch_save(path, factory, trust_pickle, map_location)
+        embedded = ModelMetadata()
+    effective = embedded.merged(metadata) if metadata is not None else embedded
+    wrapper = SegmentationWrapper(model, effective, name=path.name)
+    return LoadedModel(
+        module=wrapper,
+        path=path,
+        sha256=digest,
+        format=fmt,
+        metadata=effective,
+        embedded_metadata=embedded,
+    )
+
+
+def _check_readable(path: Path) -> None:
+    if not path.exists():
+        raise ModelError(f"model file {path} does not exist; expected {formats.EXPECTED_FORMATS}")
+    if path.is_dir():
+        raise ModelError(
+            f"model path {path} is a directory; expected a single file: {formats.EXPECTED_FORMATS}"
+        )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _parse_embedded(raw: str | bytes, path: Path) -> ModelMetadata:
+    """Parse an embedded ``audit.json``; an absent (empty) member means no metadata."""
+    text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
+    if not text.strip():
+        return ModelMetadata()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"embedded {METADATA_MEMBER} is not valid JSON: {exc}", source=str(path)
+        ) from exc
+    return ModelMetadata.from_mapping(data, source=f"{path} ({METADATA_MEMBER})")
+
+
+def _refuse_training_capture(path: Path, how: str, ops: list[str]) -> None:
+    if not ops:
+        return
+    shown = ", ".join(sorted(set(ops))[:4])
+    raise ModelError(
+        f"model file {path} was {how} while the model was in training mode ({shown}): "
+        "running it would update BatchNorm statistics and apply random dropout, and "
+        "calling eval() cannot undo that; call model.eval() before capturing it again"
+    )
+
+
+def _load_torchscript(
+    path: Path, map_location: str | torch.device
+) -> tuple[nn.Module, ModelMetadata]:
+    extra: dict[str, Any] = {METADATA_MEMBER: ""}
+    try:
+        model = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+    except Exception as exc:  # torch raises bare RuntimeErrors for every kind of damage
+        raise ModelError(f"cannot load TorchScript model {path}: {exc}") from exc
+    embedded = _parse_embedded(extra[METADATA_MEMBER], path)
+    _refuse_training_capture(path, "traced", torchscript_training_ops(model))
+    return model, embedded
+
+
+def _load_export(path: Path, map_location: str | torch.device) -> tuple[nn.Module, ModelMetadata]:
+    extra: dict[str, Any] = {METADATA_MEMBER: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as exc:
+        raise ModelError(f"cannot load torch.export program {path}: {exc}") from exc
+    embedded = _parse_embedded(extra[METADATA_MEMBER], path)
+    _refuse_training_capture(path, "exported", export_training_ops(program))
+    model = program.module()
+    if torch.device(map_location) != torch.device("cpu"):
+        model = model.to(map_location)
+    return model, embedded
+
+
+def _load_safetensors(
+    path: Path, factory: str | None, map_location: str | torch.device
+) -> tuple[nn.Module, ModelMetadata]:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    factory = _require_factory(factory, path, "a .safetensors file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        state = load_file(str(path), device=str(torch.device(map_location)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"cannot read safetensors file {path}: {exc}") from exc
+    # safetensors headers carry string metadata; audit.json may ride along there.
+    embedded = _parse_embedded(header.get(METADATA_MEMBER, ""), path)
+    return _build_and_load(factory, state, path, map_location), embedded
+
+
+def _load_torch_save(
+    path: Path, factory: str | None, trust_pickle: bool, map_location: str | torch.device
+) -> tuple[nn.Module, str]:
+    try:
+        # The restricted unpickler only rebuilds tensors and plain containers; it raises
+        # before calling anything else, so a hostile file cannot run code here.
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise ModelError(_pickle_refusal(path, exc)) from exc
+        obj = _load_trusted_pickle(path, map_location)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot read {path} as a torch.save file (truncated or corrupt?): {exc}; "
+            f"expected {formats.EXPECTED_FORMATS}"
+        ) from exc
+    if isinstance(obj, nn.Module):
+        return obj, "pickle"
+    state = _extract_state_dict(obj, path)
+    factory = _require_factory(factory, path, "a state dict")
+    return _build_and_load(factory, state, path, map_location), "state_dict"
+
+
+def _pickle_refusal(path: Path, exc: Exception) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"model file {path} is a pickled Python object (e.g. torch.save(model)), not just "
+        "tensors; loading it would execute arbitrary code from the file, so SegAudit "
+        "refuses it. If you trust the file, pass --audit-trust-pickle (or set "
+        "trust_pickle = true under [tool.segaudit]); better, re-export the model with "
+        "torch.jit.save(torch.jit.trace(model.eval(), example), 'model.pt') or "
+        "torch.export.save(torch.export.export(model.eval(), (example,)), 'model.pt2'). "
+        f"(torch: {reason})"
+    )
+
+
+def _load_trusted_pickle(path: Path, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as exc:
+        # Usually the class the pickle refers to is not importable here.
+        raise ModelError(f"cannot unpickle trusted model file {path}: {exc}") from exc
+
+
+def _extract_state_dict(obj: Any, path: Path) -> Mapping[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    if isinstance(obj, Mapping):
+        # Training checkpoints nest the weights next to optimizer state and epochs.
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping):
+                return _extract_state_dict(inner, path)
+        keys = ", ".join(sorted(map(str, obj))[:_SHOWN_KEYS])
+        raise ModelError(
+            f"model file {path} holds a dict that is not a state dict (keys: {keys}); "
+            "expected parameter names mapped to tensors, or a checkpoint with a "
+            "'state_dict' or 'model' entry"
+        )
+    raise ModelError(
+        f"model file {path} holds a {type(obj).__name__}, not a model or a state dict; "
+        f"expected {formats.EXPECTED_FORMATS}"
+    )
+
+
+def _require_factory(factory: str | None, path: Path, what: str) -> str:
+    if factory:
+        return factory
+    raise ModelError(
+        f"model file {path} is {what}: it holds weights but not the architecture, so "
+        "SegAudit needs a function that builds the model; pass "
+        '--audit-factory package.module:function (or factory = "package.module:function" '
+        "under [tool.segaudit]), where function() returns the untrained nn.Module"
+    )
+
+
+def _resolve_factory(factory: str, path: Path) -> nn.Module:
+    module_name, sep, attr_path = factory.partition(":")
+    parts_ok = all(p.isidentifier() for p in module_name.split(".")) and all(
+        p.isidentifier() for p in attr_path.split(".")
+    )
+    if not sep or not parts_ok:
+        raise ModelError(
+            f"invalid model factory {factory!r} for {path}: expected 'package.module:function'"
+        )
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ModelError(
+            f"cannot import module {module_name!r} of model factory {factory!r} (needed to "
+            f"load {path}): {type(exc).__name__}: {exc}"
+        ) from exc
+    for part in attr_path.split("."):
+        if not hasattr(target, part):
+            raise ModelError(
+                f"model factory {factory!r} (needed to load {path}): "
+                f"{module_name!r} has no attribute {attr_path!r}"
+            )
+        target = getattr(target, part)
+    if not callable(target):
+        raise ModelError(f"model factory {factory!r} for {path} is not callable")
+    try:
+        model = target()
+    except Exception as exc:
+        raise ModelError(
+            f"model factory {factory!r} failed while building the model for {path}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ModelError(
+            f"model factory {factory!r} returned {type(model).__name__}, "
+            f"not a torch.nn.Module (needed to load {path})"
+        )
+    return model
+
+
+def _build_and_load(
+    factory: str,
+    state: Mapping[str, torch.Tensor],
+    path: Path,
+    map_location: str | torch.device,
+) -> nn.Module:
+    model = _resolve_factory(factory, path)
+    expected = set(model.state_dict())
+    given = set(state)
+    missing, unexpected = sorted(expected - given), sorted(given - expected)
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+        if unexpected:
+            problems.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+        hint = ""
+        if unexpected and all(k.startswith("module.") for k in unexpected):
+            hint = "; the file was saved from DataParallel: strip the 'module.' prefix"
+        raise ModelError(
+            f"weights in {path} do not fit the model built by factory {factory!r}: "
+            + "; ".join(problems)
+            + hint
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # shape mismatches
+        raise ModelError(
+            f"weights in {path} do not fit the model built by factory {factory!r}: {exc}"
+        ) from exc
+    return model.to(map_location)
+
+
+def _listed(keys: list[str]) -> str:
+    more = f", ... ({len(keys) - _SHOWN_KEYS} more)" if len(keys) > _SHOWN_KEYS else ""
+    return ", ".join(keys[:_SHOWN_KEYS]) + more

@@ -1,0 +1,21 @@
+"""Networks bundled with SegAudit: the Lipschitz-constrained demo segmentation model."""
+
+from __future__ import annotations
+
+from audit.nets.lipschitz import (
+    AOLConv2d,
+    LipschitzSegNet,
+    MaxMin,
+    aol_scale,
+    conv_norm_upper_bound,
+    lipschitz_upper_bound,
+)
+
+__all__ = [
+    "AOLConv2d",
+    "LipschitzSegNet",
+    "MaxMin",
+    "aol_scale",
+    "conv_norm_upper_bound",
+    "lipschitz_upper_bound",
+]

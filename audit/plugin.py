@@ -1,0 +1,304 @@
+"""The pytest plugin: claims become items, verdicts become outcomes, the run becomes a report.
+
+Hooks stay thin; the work lives in :mod:`audit.session`.  The plugin is enabled by the
+``pytest11`` entry point and does nothing unless ``--audit`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from audit.claims import ClaimSpec
+from audit.config import DEMO_MODEL, resolve_settings
+from audit.errors import ConfigError, SegAuditError
+from audit.session import AuditSession, ClaimFailed
+from audit.suite import Suite
+
+#: option destinations, importable by tests and other plugins
+OPT_MODEL = "segaudit_model"
+OPT_ONLY = "segaudit_only"
+
+_session_key = pytest.StashKey[AuditSession]()
+_RESULT_PROPERTY = "segaudit_result"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("segaudit", "robustness audit of a segmentation model (SegAudit)")
+    group.addoption(
+        "--audit",
+        dest=OPT_MODEL,
+        nargs="?",
+        const=DEMO_MODEL,
+        default=None,
+        metavar="MODEL",
+        help="audit MODEL (TorchScript .pt, torch.export .pt2, state dict or safetensors with "
+        "--audit-factory); no value or 'demo' audits the bundled demo model. Enables the plugin.",
+    )
+    group.addoption(
+        "--audit-data",
+        dest="segaudit_data",
+        metavar="SPEC",
+        help="dataset: synthetic[?n=64&seed=0&size=128x256], cityscapes:PATH[?split=val], "
+        "voc:PATH[?split=val], folder:PATH (default: synthetic)",
+    )
+    group.addoption(
+        "--audit-suite",
+        dest="segaudit_suites",
+        action="append",
+        default=[],
+        metavar="NAME|PATH",
+        help="claim suite: a built-in name (smoke, ...) or a TOML file; repeatable "
+        "(default: smoke)",
+    )
+    group.addoption(
+        "--audit-report",
+        dest="segaudit_report",
+        metavar="DIR",
+        help="directory for results.json and index.html (default: audit-report)",
+    )
+    group.addoption(
+        "--audit-device",
+        dest="segaudit_device",
+        metavar="DEVICE",
+        help="auto (default: CUDA if available), cpu, cuda or cuda:<index>",
+    )
+    group.addoption("--audit-seed", dest="segaudit_seed", type=int, help="random seed (default 0)")
+    group.addoption(
+        "--audit-limit",
+        dest="segaudit_limit",
+        type=int,
+        metavar="N",
+        help="audit only the first N samples of the dataset",
+    )
+    group.addoption(
+        "--audit-batch-size",
+        dest="segaudit_batch_size",
+        type=int,
+        metavar="N",
+        help="images per forward pass (default 8)",
+    )
+    group.addoption(
+        "--audit-factory",
+        dest="segaudit_factory",
+        metavar="MODULE:FUNCTION",
+        help="function that builds the network, for state-dict and safetensors models",
+    )
+    group.addoption(
+        "--audit-metadata",
+        dest="segaudit_metadata",
+        metavar="FILE",
+        help="JSON or TOML file of model metadata (class_names, num_classes, mean, std, "
+        "lipschitz, ...), overriding the model's embedded audit.json and suite [model] tables",
+    )
+    group.addoption(
+        "--audit-trust-pickle",
+        dest="segaudit_trust_pickle",
+        action="store_true",
+        default=None,
+        help="allow loading a fully pickled model; this executes code from the file",
+    )
+    group.addoption(
+        "--audit-only",
+        dest=OPT_ONLY,
+        action="store_true",
+        default=False,
+        help="collect only the audit's claims, not test files",
+    )
+
+
+def _read_metadata_file(value: str | None, invocation_dir: Path) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    import tomllib
+
+    path = Path(value) if Path(value).is_absolute() else invocation_dir / value
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", source="--audit-metadata") from exc
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON/TOML: {exc}", source="--audit-metadata"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table/object", source="--audit-metadata")
+    return data
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from audit.claims import known_kinds
+
+    config.addinivalue_line("markers", "segaudit: a SegAudit claim (added to every claim item)")
+    for kind in known_kinds():
+        config.addinivalue_line("markers", f"segaudit_{kind}: a SegAudit claim of kind {kind!r}")
+    model = config.getoption(OPT_MODEL)
+    if model is None:
+        return
+    opt = config.getoption
+    invocation_dir = config.invocation_params.dir
+    try:
+        cli = {
+            "model": model,
+            "data": opt("segaudit_data"),
+            "suites": tuple(opt("segaudit_suites")),
+            "report_dir": opt("segaudit_report"),
+            "device": opt("segaudit_device"),
+            "seed": opt("segaudit_seed"),
+            "limit": opt("segaudit_limit"),
+            "batch_size": opt("segaudit_batch_size"),
+            "factory": opt("segaudit_factory"),
+            "trust_pickle": opt("segaudit_trust_pickle"),
+            "metadata": _read_metadata_file(opt("segaudit_metadata"), invocation_dir),
+        }
+        settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"SegAudit: {exc}") from None
+    audit = AuditSession(settings, command_line=["pytest", *config.invocation_params.args])
+    config.stash[_session_key] = audit
+    config.pluginmanager.register(AuditRun(config, audit), "segaudit-run")
+
+
+def _audit(config: pytest.Config) -> AuditSession | None:
+    return config.stash.get(_session_key, None)
+
+
+class AuditRun:
+    """Hooks active only while an audit runs (registered by ``pytest_configure``)."""
+
+    def __init__(self, config: pytest.Config, audit: AuditSession) -> None:
+        self.config = config
+        self.audit = audit
+        self.is_worker = hasattr(config, "workerinput")
+        self.report_dir: Path | None = None
+        self.report_error: str | None = None
+
+    def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
+        return True if self.config.getoption(OPT_ONLY) else None
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Iterator[None]:
+        report = yield
+        if isinstance(collector, pytest.Session) and report.passed:
+            for ref in self.audit.settings.suites:
+                report.result.append(SuiteCollector.for_ref(collector, self.audit, ref))
+        return report
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        for item in session.items:
+            if isinstance(item, ClaimItem):
+                self.audit.register(item.spec)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == _RESULT_PROPERTY:
+                entry = json.loads(value)
+                self.audit.recorder.claims.setdefault(entry["nodeid"], entry).update(entry)
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.is_worker:
+            return  # xdist workers report through their test reports; the controller writes
+        interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
+        ran_all = all(c["verdict"] != "not_run" for c in self.audit.recorder.claims.values())
+        try:
+            self.report_dir = self.audit.finish(complete=ran_all and not interrupted).parent
+        except SegAuditError as exc:
+            self.report_error = str(exc)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.report_error is not None:
+            terminalreporter.write_line(f"SegAudit: report not rendered: {self.report_error}")
+        if self.report_dir is not None:
+            terminalreporter.write_sep("-", "SegAudit")
+            terminalreporter.write_line(f"audit report: {self.report_dir / 'index.html'}")
+            terminalreporter.write_line(f"audit record: {self.report_dir / 'results.json'}")
+
+
+class SuiteCollector(pytest.Collector):
+    """One claim suite; its items are the claims, with node ids ``<suite name>::<claim id>``.
+
+    Not a ``pytest.File``: ``--lf`` skips files it does not know to hold failures, and a
+    suite's node id is its name, not its path.  A suite that fails to load becomes a
+    collector that raises its error at collection, which pytest reports without traceback.
+    """
+
+    def __init__(self, *, suite: Suite | None, error: SegAuditError | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.suite = suite
+        self.error = error
+
+    @classmethod
+    def for_ref(cls, parent: pytest.Session, audit: AuditSession, ref: str) -> SuiteCollector:
+        try:
+            suite = audit.load_suite(ref)
+        except SegAuditError as exc:
+            audit.recorder.record_error(f"suite {ref}", str(exc))
+            return cls.from_parent(parent, name=ref, nodeid=ref, suite=None, error=exc)
+        return cls.from_parent(
+            parent, name=suite.name, nodeid=suite.name, path=suite.path, suite=suite, error=None
+        )
+
+    def collect(self) -> list[ClaimItem]:
+        if self.suite is None:
+            raise self.CollectError(f"SegAudit: {self.error}")
+        return [ClaimItem.from_parent(self, name=spec.id, spec=spec) for spec in self.suite.claims]
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:
+        if isinstance(excinfo.value, self.CollectError):
+            return str(excinfo.value.args[0])
+        return super().repr_failure(excinfo)
+
+
+class ClaimItem(pytest.Item):
+    """A claim as a test: passes when the claim holds, fails with a sentence when not."""
+
+    def __init__(self, *, spec: ClaimSpec, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spec = spec
+        self.add_marker(pytest.mark.segaudit)
+        self.add_marker(getattr(pytest.mark, f"segaudit_{spec.kind}"))
+
+    def runtest(self) -> None:
+        audit = _audit(self.config)
+        try:
+            audit.check(self.spec)
+        finally:
+            # Properties travel on the report: into --junitxml, and from xdist workers to
+            # the controller, which records them (pytest_runtest_logreport).
+            entry = audit.recorder.claims[self.spec.nodeid]
+            self.user_properties.append(("measured", entry.get("measured")))
+            self.user_properties.append(("threshold", self.spec.threshold.describe()))
+            self.user_properties.append((_RESULT_PROPERTY, json.dumps(entry, default=str)))
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:
+        if isinstance(excinfo.value, ClaimFailed | SegAuditError):
+            # The message is the whole story; a traceback into the engine helps nobody,
+            # and the short summary line should read as the verdict, not a class name.
+            rep = excinfo.getrepr(style="value")
+            if rep.reprcrash is not None:
+                rep.reprcrash.message = str(excinfo.value).splitlines()[0]
+            return rep
+        return super().repr_failure(excinfo)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return Path(self.spec.source), None, f"claim {self.spec.nodeid}"
+
+
+@pytest.fixture(scope="session")
+def audit_session(request: pytest.FixtureRequest) -> Any:
+    """The running :class:`audit.session.AuditSession`; skips the test without ``--audit``."""
+    audit = _audit(request.config)
+    if audit is None:
+        pytest.skip("needs --audit")
+    return audit
+
+
+@pytest.fixture(scope="session")
+def audit_engine(audit_session: Any) -> Any:
+    """The session's :class:`audit.engine.Engine` (model, data, cached evaluations)."""
+    return audit_session.engine

@@ -1,0 +1,918 @@
+"""The HTML audit report: ``results.json`` and the images beside it in, one self-contained page out.
+
+The page is built from an ordered registry of *sections*.  Each section is a key (the HTML
+anchor), a title (the heading and table-of-contents entry), a partial template in the
+templates folder, and a builder: a pure function from the results mapping to the partial's
+context, or ``None`` when the section has nothing to show.  Builders do all the defaulting and
+number formatting, so partials only print ready-made strings (the environment uses
+``StrictUndefined``; a partial that reaches for a missing key fails loudly instead of printing
+nothing).  Adding a section is one partial plus one :func:`register_section` call.
+
+Everything in the page is inline: CSS from ``style.css``, images as base64 data URIs (partials
+call ``embed_image(path, alt)``), charts as SVG.  Nothing refers to the network, so the file
+can be archived, mailed and printed for a review.  Claim statements, sample names and paths
+are user text, so autoescaping is on for every template.
+
+An incomplete run (``complete`` is not ``true``) gets a banner listing what is missing; an
+optional top-level ``"reason"`` string, when the writer records one, leads that list.
+
+Re-render a report from the command line with ``python -m audit.report REPORT_DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+import os
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from audit.errors import ConfigError, SegAuditError
+from audit.resources import templates_dir
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+INDEX_FILE = "index.html"
+
+#: Files larger than this are not inlined; a report must stay a reasonable e-mail attachment.
+MAX_EMBED_BYTES = 16 * 1024 * 1024
+#: Beyond this many classes a confusion matrix table stops being readable on a page.
+MAX_CONFUSION_CLASSES = 40
+
+SectionBuilder = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Section:
+    """One block of the report: ``build(results)`` feeds ``template`` or hides the section."""
+
+    key: str
+    title: str
+    template: str
+    build: SectionBuilder
+
+
+@dataclass(frozen=True)
+class _RenderedSection:
+    key: str
+    title: str
+    template: str
+    context: Mapping[str, Any] | None
+    error: str | None
+
+
+# --------------------------------------------------------------------------- formatting
+
+_MISSING = "—"
+
+_STATUS = {
+    "passed": ("PASS", "pass"),
+    "failed": ("FAIL", "fail"),
+    "error": ("ERROR", "error"),
+    "incomplete": ("INCOMPLETE", "incomplete"),
+}
+_VERDICTS = {
+    "passed": ("PASS", "pass"),
+    "failed": ("FAIL", "fail"),
+    "error": ("ERROR", "error"),
+    "skipped": ("SKIPPED", "skip"),
+    "not_run": ("NOT RUN", "notrun"),
+}
+# Failures first: they are what a reviewer reads the table for; ties keep suite order.
+_VERDICT_ORDER = {"failed": 0, "error": 1, "not_run": 2, "skipped": 3, "passed": 4}
+_COUNT_LABELS = (
+    ("total", "Claims"),
+    ("passed", "Passed"),
+    ("failed", "Failed"),
+    ("error", "Errors"),
+    ("skipped", "Skipped"),
+    ("not_run", "Not run"),
+)
+_METRIC_LABELS = {
+    "miou": "mIoU",
+    "pixel_accuracy": "Pixel accuracy",
+    "mean_class_accuracy": "Mean class accuracy",
+}
+_FALLBACK_COLOR = (160, 160, 160)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def fmt_number(value: Any) -> str:
+    """A measured value for display: 3 decimals for scores, separators for counts."""
+    if value is None:
+        return _MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        if value == 0 or 0.01 <= abs(value) < 1e4:
+            return f"{value:.3f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+def fmt_bound(value: Any) -> str:
+    """A threshold as the user wrote it (``0.75``, not ``0.750``)."""
+    return format(value, "g") if _is_number(value) else str(value)
+
+
+def fmt_threshold(threshold: Any) -> str:
+    """``{"min": 0.75, "max": None}`` -> ``">= 0.75"``; both bounds joined with ``and``."""
+    if not isinstance(threshold, Mapping):
+        return _MISSING if threshold is None else str(threshold)
+    parts = []
+    if threshold.get("min") is not None:
+        parts.append(f">= {fmt_bound(threshold['min'])}")
+    if threshold.get("max") is not None:
+        parts.append(f"<= {fmt_bound(threshold['max'])}")
+    return " and ".join(parts) or _MISSING
+
+
+def fmt_interval(interval: Any) -> str:
+    """``"95% CI [0.790, 0.830]"``, or an empty string when there is no interval."""
+    if not isinstance(interval, Mapping):
+        return ""
+    low, high = interval.get("low"), interval.get("high")
+    if low is None and high is None:
+        return ""
+    confidence = interval.get("confidence")
+    label = f"{confidence * 100:g}% CI" if _is_number(confidence) else "CI"
+    return f"{label} [{fmt_number(low)}, {fmt_number(high)}]"
+
+
+def fmt_interval_method(interval: Any) -> str:
+    if not isinstance(interval, Mapping):
+        return ""
+    parts = []
+    if interval.get("method"):
+        parts.append(str(interval["method"]))
+    if _is_number(interval.get("n_resamples")):
+        parts.append(f"{interval['n_resamples']:,} resamples")
+    return ", ".join(parts)
+
+
+def fmt_any(value: Any) -> str:
+    """Provenance values: scalars as-is, lists and mappings as compact JSON."""
+    if value is None:
+        return _MISSING
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str | int | float):
+        return str(value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
+        return ", ".join(str(v) for v in value)
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def fmt_resolution(value: Any) -> str:
+    if isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_number, value)):
+        return f"{value[0]} × {value[1]} (H × W)"
+    return fmt_any(value)
+
+
+def fmt_duration(value: Any) -> str:
+    if not _is_number(value):
+        return _MISSING
+    if value < 120:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(round(value), 60)
+    return f"{minutes} min {seconds} s"
+
+
+def fmt_percent(fraction: float) -> str:
+    return f"{fraction * 100:.1f}"
+
+
+def _color(value: Any) -> tuple[int, int, int]:
+    """A palette entry as an RGB triple; anything malformed becomes neutral grey."""
+    if (
+        isinstance(value, list | tuple)
+        and len(value) == 3
+        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
+    ):
+        return (value[0], value[1], value[2])
+    return _FALLBACK_COLOR
+
+
+def _css_rgb(rgb: tuple[int, int, int]) -> str:
+    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
+
+
+def _status(results: Mapping[str, Any]) -> tuple[str, str]:
+    status = results.get("status")
+    if status in _STATUS:
+        return _STATUS[status]
+    if results.get("complete") is not True:
+        return _STATUS["incomplete"]
+    return (str(status).upper() if status else "UNKNOWN", "unknown")
+
+
+def _verdict(value: Any) -> tuple[str, str]:
+    if value in _VERDICTS:
+        return _VERDICTS[value]
+    return (str(value).upper() if value else "UNKNOWN", "unknown")
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _claims(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    claims = results.get("claims")
+    if not isinstance(claims, list):
+        return []
+    return [claim for claim in claims if isinstance(claim, Mapping)]
+
+
+def _claim_anchor(index: int) -> str:
+    # Node ids are user text; positional anchors are always valid HTML ids.
+    return f"claim-{index + 1}"
+
+
+def _counts(results: Mapping[str, Any]) -> dict[str, int]:
+    """The summary block if the writer gave one, else counts recomputed from the claims."""
+    summary = _mapping(results.get("summary"))
+    claims = _claims(results)
+    counts: dict[str, int] = {}
+    for key, _ in _COUNT_LABELS:
+        if isinstance(summary.get(key), int):
+            counts[key] = summary[key]
+        elif key == "total":
+            counts[key] = len(claims)
+        else:
+            counts[key] = sum(1 for claim in claims if claim.get("verdict") == key)
+    return counts
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _run_errors(results: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Errors outside any claim (a suite that does not parse, a model that does not load)."""
+    errors = results.get("errors")
+    if not isinstance(errors, list):
+        return []
+    return [
+        {"where": fmt_any(e.get("where")), "message": fmt_any(e.get("message"))}
+        if isinstance(e, Mapping)
+        else {"where": "run", "message": fmt_any(e)}
+        for e in errors
+    ]
+
+
+def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
+    label, css = _status(results)
+    counts = _counts(results)
+    attention = [
+        {
+            "anchor": _claim_anchor(index),
+            "nodeid": str(claim.get("nodeid") or claim.get("id") or f"claim {index + 1}"),
+            "statement": str(claim.get("statement") or ""),
+            "verdict": _verdict(claim.get("verdict"))[0],
+            "verdict_css": _verdict(claim.get("verdict"))[1],
+        }
+        for index, claim in enumerate(_claims(results))
+        if claim.get("verdict") in ("failed", "error")
+    ]
+    provenance = _mapping(results.get("provenance"))
+    suites = [
+        {
+            "name": str(suite.get("name") or _MISSING),
+            "description": str(suite.get("description") or ""),
+        }
+        for suite in results.get("suites") or []
+        if isinstance(suite, Mapping)
+    ]
+    return {
+        "badge": label,
+        "badge_css": css,
+        "run_errors": _run_errors(results),
+        "counts": [
+            {"key": key, "label": text, "value": counts[key]} for key, text in _COUNT_LABELS
+        ],
+        "attention": attention,
+        "suites": suites,
+        "duration": fmt_duration(provenance.get("duration_s")),
+    }
+
+
+def build_claims(results: Mapping[str, Any]) -> dict[str, Any]:
+    rows = []
+    for index, claim in enumerate(_claims(results)):
+        verdict = claim.get("verdict")
+        label, css = _verdict(verdict)
+        params = _mapping(claim.get("params"))
+        rows.append(
+            {
+                "anchor": _claim_anchor(index),
+                "order": _VERDICT_ORDER.get(verdict, len(_VERDICT_ORDER)),
+                "nodeid": str(claim.get("nodeid") or claim.get("id") or f"claim {index + 1}"),
+                "kind": str(claim.get("kind") or ""),
+                "statement": str(claim.get("statement") or ""),
+                "params": ", ".join(f"{k}={fmt_any(v)}" for k, v in params.items()),
+                "measured": fmt_number(claim.get("measured")),
+                "interval": fmt_interval(claim.get("interval")),
+                "interval_method": fmt_interval_method(claim.get("interval")),
+                "threshold": fmt_threshold(claim.get("threshold")),
+                "verdict": label,
+                "verdict_css": css,
+                "message": str(claim.get("message") or ""),
+                "prominent": verdict != "passed",
+                "num_samples": fmt_number(claim.get("num_samples")),
+                "duration": fmt_duration(claim.get("duration_s")),
+            }
+        )
+    rows.sort(key=lambda row: row["order"])
+    return {"rows": rows}
+
+
+def _headline_metrics(clean: Mapping[str, Any]) -> list[dict[str, str]]:
+    metrics = _mapping(clean.get("metrics"))
+    intervals = _mapping(clean.get("intervals"))
+    # Known metrics in a fixed order, then whatever else the evaluation recorded.
+    keys = [k for k in _METRIC_LABELS if k in metrics]
+    keys += [k for k in metrics if k not in _METRIC_LABELS]
+    return [
+        {
+            "label": _METRIC_LABELS.get(key, key),
+            "value": fmt_number(metrics[key]),
+            "interval": fmt_interval(_with_confidence(intervals.get(key), clean)),
+        }
+        for key in keys
+    ]
+
+
+def _with_confidence(interval: Any, clean: Mapping[str, Any]) -> Any:
+    # Clean intervals may omit the level; fall back to the evaluation-wide one if recorded.
+    if isinstance(interval, Mapping) and "confidence" not in interval:
+        return {**interval, "confidence": clean.get("confidence")}
+    return interval
+
+
+def _per_class(clean: Mapping[str, Any]) -> list[dict[str, Any]]:
+    entries = [e for e in clean.get("per_class") or [] if isinstance(e, Mapping)]
+    supports = [e.get("support") for e in entries if _is_number(e.get("support"))]
+    total_support = sum(supports) if supports else 0
+    rows = []
+    for index, entry in enumerate(entries):
+        iou = entry.get("iou")
+        support = entry.get("support")
+        rgb = _color(entry.get("color"))
+        share = support / total_support if _is_number(support) and total_support else None
+        rows.append(
+            {
+                "index": index,
+                "name": str(entry.get("name") if entry.get("name") is not None else index),
+                "color": _css_rgb(rgb),
+                "iou_value": float(iou) if _is_number(iou) and math.isfinite(iou) else None,
+                "iou": fmt_number(iou) if iou is not None else "n/a",
+                "accuracy": fmt_number(entry.get("accuracy")),
+                "support": fmt_number(support),
+                "share": fmt_percent(share) + "%" if share is not None else _MISSING,
+            }
+        )
+    return rows
+
+
+def _iou_chart(rows: Sequence[Mapping[str, Any]], miou: Any) -> dict[str, Any] | None:
+    """Geometry of a horizontal bar chart of per-class IoU, drawn as SVG by the partial."""
+    if not rows:
+        return None
+    label_w, bar_w, value_w, row_h, top = 160, 420, 64, 20, 26
+    height = top + row_h * len(rows) + 6
+    bars = []
+    for i, row in enumerate(rows):
+        iou = row["iou_value"]
+        fraction = min(max(iou, 0.0), 1.0) if iou is not None else 0.0
+        name = row["name"]
+        bars.append(
+            {
+                "y": top + i * row_h,
+                "text_y": top + i * row_h + row_h // 2 + 4,
+                "width": round(fraction * bar_w, 2),
+                "color": row["color"],
+                "label": name if len(name) <= 22 else name[:21] + "…",
+                "name": name,
+                "value": row["iou"],
+            }
+        )
+    ticks = [{"x": label_w + t * bar_w, "label": f"{t:g}"} for t in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    miou_x = None
+    if _is_number(miou) and math.isfinite(miou):
+        miou_x = round(label_w + min(max(miou, 0.0), 1.0) * bar_w, 2)
+    return {
+        "width": label_w + bar_w + value_w,
+        "height": height,
+        "label_x": label_w - 8,
+        "bar_x": label_w,
+        "bar_h": row_h - 6,
+        "value_x": label_w + bar_w + 6,
+        "axis_top": top - 6,
+        "axis_bottom": height - 4,
+        "tick_y": top - 10,
+        "ticks": ticks,
+        "bars": bars,
+        "miou_x": miou_x,
+        "miou_label": f"mIoU {fmt_number(miou)}" if miou_x is not None else "",
+    }
+
+
+def _examples(clean: Mapping[str, Any]) -> list[dict[str, Any]]:
+    examples = []
+    for index, example in enumerate(clean.get("examples") or []):
+        if not isinstance(example, Mapping):
+            continue
+        examples.append(
+            {
+                "name": str(example.get("name") or f"example {index + 1}"),
+                "image": example.get("image"),
+                "ground_truth": example.get("ground_truth"),
+                "prediction": example.get("prediction"),
+                "pixel_accuracy": fmt_number(example.get("pixel_accuracy")),
+            }
+        )
+    return examples
+
+
+def build_clean(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    clean = _mapping(results.get("evaluations")).get("clean")
+    if not isinstance(clean, Mapping):
+        return None
+    per_class = _per_class(clean)
+    return {
+        "num_samples": fmt_number(clean.get("num_samples")),
+        "num_pixels": fmt_number(clean.get("num_pixels")),
+        "resolution": fmt_resolution(clean.get("resolution")),
+        "aggregation": str(clean.get("aggregation") or ""),
+        "metrics": _headline_metrics(clean),
+        "per_class": per_class,
+        "chart": _iou_chart(per_class, _mapping(clean.get("metrics")).get("miou")),
+        "examples": _examples(clean),
+    }
+
+
+def _heat(fraction: float) -> tuple[str, str]:
+    """Background and text colour of a confusion cell holding ``fraction`` of its row."""
+    alpha = round(0.08 + 0.92 * fraction, 3) if fraction > 0 else 0.0
+    background = f"rgba(31, 88, 170, {alpha})"
+    return background, ("#fff" if fraction >= 0.5 else "#1b1f24")
+
+
+def build_confusion(results: Mapping[str, Any]) -> dict[str, Any] | None:
+    clean = _mapping(_mapping(results.get("evaluations")).get("clean"))
+    matrix = clean.get("confusion_matrix")
+    if not isinstance(matrix, list) or not matrix:
+        return None
+    n = len(matrix)
+    if any(not isinstance(row, list) or len(row) != n for row in matrix) or not all(
+        _is_number(v) for row in matrix for v in row
+    ):
+        return {"note": "The recorded confusion matrix is not a square table of numbers.", "n": n}
+    if n > MAX_CONFUSION_CLASSES:
+        return {
+            "note": f"{n} classes are too many for a readable table; see results.json.",
+            "n": n,
+        }
+    names = [str(e.get("name")) for e in clean.get("per_class") or [] if isinstance(e, Mapping)]
+    if len(names) != n:
+        names = [str(i) for i in range(n)]
+    rows = []
+    for i, row in enumerate(matrix):
+        total = sum(row)
+        cells = []
+        for j, count in enumerate(row):
+            fraction = count / total if total else 0.0
+            background, color = _heat(fraction)
+            cells.append(
+                {
+                    "text": fmt_percent(fraction) if total else _MISSING,
+                    "background": background,
+                    "color": color,
+                    "diagonal": i == j,
+                    "title": f"truth {names[i]} → predicted {names[j]}: {count:,} pixels",
+                }
+            )
+        rows.append({"index": i, "name": names[i], "total": fmt_number(total), "cells": cells})
+    return {"note": "", "n": n, "columns": list(range(n)), "rows": rows}
+
+
+def _limit(value: Any) -> str:
+    return "none (all samples)" if value is None else fmt_any(value)
+
+
+def _rows(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
+    return [{"label": label, "value": value} for label, value in pairs]
+
+
+def build_provenance(results: Mapping[str, Any]) -> dict[str, Any]:
+    provenance = _mapping(results.get("provenance"))
+    model = _mapping(provenance.get("model"))
+    dataset = _mapping(provenance.get("dataset"))
+    command = provenance.get("command_line")
+    if isinstance(command, list) and all(isinstance(part, str) for part in command):
+        command_text = shlex.join(command)
+    else:
+        command_text = fmt_any(command)
+    groups = [
+        {
+            "title": "Model",
+            "rows": _rows(
+                [
+                    ("Path", fmt_any(model.get("path"))),
+                    ("SHA-256", fmt_any(model.get("sha256"))),
+                    ("Format", fmt_any(model.get("format"))),
+                ]
+                + [
+                    (f"metadata.{key}", fmt_any(value))
+                    for key, value in _mapping(model.get("metadata")).items()
+                ]
+            ),
+        },
+        {
+            "title": "Dataset",
+            "rows": _rows(
+                [
+                    ("Spec", fmt_any(dataset.get("spec"))),
+                    ("Kind", fmt_any(dataset.get("kind"))),
+                    ("Fingerprint", fmt_any(dataset.get("fingerprint"))),
+                    ("Samples", fmt_any(dataset.get("num_samples"))),
+                    ("Resolution", fmt_resolution(dataset.get("resolution"))),
+                    ("Ignore index", fmt_any(dataset.get("ignore_index"))),
+                    ("Classes", fmt_any(dataset.get("class_names"))),
+                ]
+                + [
+                    (f"describe.{key}", fmt_any(value))
+                    for key, value in _mapping(dataset.get("describe")).items()
+                ]
+            ),
+        },
+        {
+            "title": "Run",
+            "rows": _rows(
+                [
+                    ("Seed", fmt_any(provenance.get("seed"))),
+                    ("Device", fmt_any(provenance.get("device"))),
+                    ("Batch size", fmt_any(provenance.get("batch_size"))),
+                    ("Sample limit", _limit(provenance.get("limit"))),
+                    ("Command line", command_text),
+                    ("Started", fmt_any(provenance.get("started_at"))),
+                    ("Finished", fmt_any(provenance.get("finished_at"))),
+                    ("Duration", fmt_duration(provenance.get("duration_s"))),
+                    ("Host", fmt_any(provenance.get("hostname"))),
+                    ("Schema version", fmt_any(results.get("schema_version"))),
+                ]
+            ),
+        },
+        {
+            "title": "Versions",
+            "rows": _rows(
+                (str(name), fmt_any(version))
+                for name, version in _mapping(provenance.get("versions")).items()
+            ),
+        },
+    ]
+    suites = [
+        {
+            "name": fmt_any(suite.get("name")),
+            "description": fmt_any(suite.get("description")),
+            "path": fmt_any(suite.get("path")),
+        }
+        for suite in results.get("suites") or []
+        if isinstance(suite, Mapping)
+    ]
+    return {"groups": [g for g in groups if g["rows"]], "suites": suites}
+
+
+_SECTIONS: list[Section] = [
+    Section("summary", "Summary", "_summary.html.j2", build_summary),
+    Section("claims", "Claims", "_claims.html.j2", build_claims),
+    Section("clean", "Clean evaluation", "_clean.html.j2", build_clean),
+    Section("confusion", "Confusion matrix", "_confusion.html.j2", build_confusion),
+    Section("provenance", "Provenance", "_provenance.html.j2", build_provenance),
+]
+
+_KEY_PATTERN = re.compile(r"[a-z][a-z0-9-]*")
+
+
+def sections() -> tuple[Section, ...]:
+    """The registered sections, in page order."""
+    return tuple(_SECTIONS)
+
+
+def register_section(
+    key: str,
+    title: str,
+    template: str,
+    build: SectionBuilder,
+    *,
+    before: str | None = None,
+    after: str | None = None,
+) -> Section:
+    """Add a section to every report rendered from now on.
+
+    ``template`` names a partial in the templates folder; it sees the builder's result as
+    ``ctx`` and may call ``embed_image(path, alt)`` for an image relative to the report folder.
+    The section goes at the end unless ``before`` or ``after`` names an existing key; new
+    result sections usually belong ``before="provenance"``.
+    """
+    if not _KEY_PATTERN.fullmatch(key):
+        raise ConfigError(
+            "a section key must be lower-case letters, digits and dashes (it is an HTML id)",
+            source="register_section",
+            key=key,
+        )
+    if any(section.key == key for section in _SECTIONS):
+        raise ConfigError("a section with this key is already registered", key=key)
+    if before is not None and after is not None:
+        raise ConfigError("give at most one of before= and after=", key=key)
+    section = Section(key, title, template, build)
+    anchor = before if before is not None else after
+    if anchor is None:
+        _SECTIONS.append(section)
+        return section
+    keys = [s.key for s in _SECTIONS]
+    if anchor not in keys:
+        raise ConfigError(f"no section {anchor!r} to place it next to; have {keys}", key=key)
+    _SECTIONS.insert(keys.index(anchor) + (0 if before is not None else 1), section)
+    return section
+
+
+def unregister_section(key: str) -> None:
+    """Remove a section added with :func:`register_section` (tests, plugins being unloaded)."""
+    for index, section in enumerate(_SECTIONS):
+        if section.key == key:
+            del _SECTIONS[index]
+            return
+    raise ConfigError("no section with this key is registered", key=key)
+
+
+# --------------------------------------------------------------------------- images
+
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+def _image_mime(head: bytes) -> str | None:
+    for signature, mime in _IMAGE_SIGNATURES:
+        if head.startswith(signature):
+            return mime
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def _placeholder(text: str) -> Markup:
+    return Markup('<div class="missing-image" role="img" aria-label="{0}">{0}</div>').format(text)
+
+
+def embed_image(report_dir: Path, relative: Any, alt: str = "") -> Markup:
+    """``<img>`` with the file inlined as a data URI, or a placeholder naming what is wrong.
+
+    Only files inside ``report_dir`` are read: a results file must not be able to pull
+    arbitrary files from the machine into a page that gets shared.
+    """
+    if not isinstance(relative, str) or not relative:
+        return _placeholder("No image recorded")
+    root = report_dir.resolve()
+    try:
+        path = (root / relative).resolve()
+    except (OSError, ValueError):  # NUL bytes, symlink loops
+        return _placeholder(f"Invalid image path: {relative!r}")
+    if not path.is_relative_to(root):
+        return _placeholder(f"Image outside the report folder, not embedded: {relative}")
+    try:
+        size = path.stat().st_size
+        if size > MAX_EMBED_BYTES:
+            return _placeholder(f"Image too large to embed ({size:,} bytes): {relative}")
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return _placeholder(f"Missing image: {relative}")
+    except OSError as exc:
+        return _placeholder(f"Unreadable image: {relative} ({exc.strerror or exc})")
+    mime = _image_mime(data[:16])
+    if mime is None:
+        return _placeholder(f"Not a PNG, JPEG, GIF or WebP image: {relative}")
+    encoded = base64.b64encode(data).decode("ascii")
+    return Markup('<img src="data:{};base64,{}" alt="{}">').format(mime, encoded, alt)
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+@lru_cache(maxsize=4)
+def _environment(directory: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        # Partials are named *.html.j2; ".j2" must be listed or select_autoescape misses them.
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "htm", "j2", "svg", "xml"),
+            default_for_string=True,
+            default=True,
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _templates() -> Path:
+    try:
+        return templates_dir()
+    except FileNotFoundError as exc:
+        raise SegAuditError(str(exc)) from exc
+
+
+def check_schema(results: Any, *, source: str = "results") -> None:
+    """Raise :class:`SegAuditError` unless ``results`` is a schema-1 results mapping."""
+    if not isinstance(results, Mapping):
+        raise SegAuditError(f"{source}: expected a JSON object, got {type(results).__name__}")
+    version = results.get("schema_version")
+    if version is None:
+        raise SegAuditError(f"{source}: no 'schema_version'; this is not a SegAudit results file")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SegAuditError(f"{source}: 'schema_version' must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SegAuditError(
+            f"{source}: schema_version {version} was written by a newer SegAudit; this version "
+            f"renders schema_version {SCHEMA_VERSION}. Upgrade segaudit to render it."
+        )
+    if version != SCHEMA_VERSION:
+        raise SegAuditError(
+            f"{source}: unknown schema_version {version}; this version renders "
+            f"schema_version {SCHEMA_VERSION}"
+        )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _incomplete_reasons(results: Mapping[str, Any]) -> list[str]:
+    counts = _counts(results)
+    reasons = []
+    if isinstance(results.get("reason"), str) and results["reason"]:
+        reasons.append(results["reason"])
+    if counts["not_run"]:
+        reasons.append(f"{counts['not_run']} of {_plural(counts['total'], 'claim')} were not run")
+    if counts["error"]:
+        reasons.append(f"{_plural(counts['error'], 'claim')} ended in an error")
+    if _run_errors(results):
+        errors = _plural(len(_run_errors(results)), "error")
+        reasons.append(f"{errors} outside any claim (see the summary)")
+    if not isinstance(_mapping(results.get("evaluations")).get("clean"), Mapping):
+        reasons.append("no clean evaluation was recorded")
+    return reasons
+
+
+def _build_sections(results: Mapping[str, Any]) -> list[_RenderedSection]:
+    rendered = []
+    for section in _SECTIONS:
+        try:
+            context = section.build(results)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            # One malformed block must not take the rest of the evidence down with it.
+            message = f"{type(exc).__name__}: {exc}"
+            rendered.append(_RenderedSection(section.key, section.title, "", None, message))
+            continue
+        if context is not None:
+            rendered.append(
+                _RenderedSection(section.key, section.title, section.template, context, None)
+            )
+    return rendered
+
+
+def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
+    """The report page for ``results``; image paths in it are relative to ``report_dir``."""
+    check_schema(results)
+    report_dir = Path(report_dir)
+    directory = _templates()
+    env = _environment(str(directory))
+    rendered = _build_sections(results)
+    for section in rendered:
+        if section.error is None:
+            try:
+                env.get_template(section.template)
+            except jinja2.TemplateNotFound as exc:
+                raise SegAuditError(
+                    f"report section {section.key!r}: template {section.template!r} "
+                    f"not found in {directory}"
+                ) from exc
+    try:
+        css = (directory / "style.css").read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SegAuditError(
+            f"cannot read the report stylesheet {directory / 'style.css'}: {exc}"
+        ) from exc
+    provenance = _mapping(results.get("provenance"))
+    model = _mapping(provenance.get("model"))
+    dataset = _mapping(provenance.get("dataset"))
+    model_name = _mapping(model.get("metadata")).get("name") or (
+        Path(model["path"]).name if isinstance(model.get("path"), str) else None
+    )
+    complete = results.get("complete") is True
+    badge, badge_css = _status(results)
+    return env.get_template("index.html.j2").render(
+        # style.css ships with the package, so it is trusted markup.
+        css=Markup(css),
+        sections=rendered,
+        complete=complete,
+        incomplete_reasons=[] if complete else _incomplete_reasons(results),
+        badge=badge,
+        badge_css=badge_css,
+        model_name=fmt_any(model_name),
+        dataset_spec=fmt_any(dataset.get("spec")),
+        started_at=fmt_any(provenance.get("started_at")),
+        segaudit_version=fmt_any(_mapping(provenance.get("versions")).get("segaudit")),
+        schema_version=SCHEMA_VERSION,
+        embed_image=lambda path, alt="": embed_image(report_dir, path, alt),
+    )
+
+
+def load_results(report_dir: str | Path) -> dict[str, Any]:
+    """Read and schema-check ``report_dir/results.json``."""
+    path = Path(report_dir) / RESULTS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SegAuditError(
+            f"{path}: no results file; run an audit into this folder first"
+        ) from None
+    except OSError as exc:
+        raise SegAuditError(f"{path}: cannot read: {exc}") from exc
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SegAuditError(f"{path}: not valid JSON: {exc}") from exc
+    check_schema(results, source=str(path))
+    return results
+
+
+def render_report(report_dir: str | Path, *, results: Mapping[str, Any] | None = None) -> Path:
+    """Write ``report_dir/index.html`` from ``results`` (or ``report_dir/results.json``).
+
+    The page is written to a temporary file in the same folder and moved into place, so a
+    reader never sees half a report and a crash leaves the previous one intact.
+    """
+    report_dir = Path(report_dir)
+    if not report_dir.is_dir():
+        raise SegAuditError(f"{report_dir}: report folder does not exist")
+    if results is None:
+        results = load_results(report_dir)
+    html = render_html(results, report_dir=report_dir)
+    target = report_dir / INDEX_FILE
+    fd, temp_name = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", suffix=".tmp", dir=report_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(html)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; a report is meant to be read by others.
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m audit.report",
+        description="Re-render REPORT_DIR/index.html from REPORT_DIR/results.json.",
+    )
+    parser.add_argument("report_dir", metavar="REPORT_DIR", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        path = render_report(args.report_dir)
+    except SegAuditError as exc:
+        print(f"segaudit: error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,192 @@
+"""Claim suites: TOML files turned into validated, frozen :class:`ClaimSpec` lists.
+
+Torch-free: a malformed suite is reported at collection time, before any model loads.
+Every error names the file, the claim and the key.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from audit.claims import ClaimSpec, Threshold, Where, get_kind, known_kinds
+from audit.claims.base import COMMON_KEYS, STATISTICS
+from audit.errors import ConfigError
+from audit.resources import suites_dir
+
+SUITE_KEYS = {
+    "name": "the suite's name, used as the first part of each item's node id",
+    "description": "what the suite is for",
+    "model": "a table of model metadata (class_names, num_classes, ignore_index, mean, std, ...)",
+    "claims": "the list of [[claims]] tables",
+}
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path
+    claims: tuple[ClaimSpec, ...]
+    model_metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "path": str(self.path)}
+
+
+def builtin_suites() -> dict[str, Path]:
+    """Built-in suites by name."""
+    return {p.stem: p for p in sorted(suites_dir().glob("*.toml"))}
+
+
+def resolve_suite_ref(ref: str, *, base_dir: Path) -> Path:
+    """A suite reference is a built-in name (``smoke``) or a path to a ``.toml`` file."""
+    candidate = Path(ref)
+    if not candidate.is_absolute():
+        candidate = base_dir / candidate
+    if candidate.is_file():
+        return candidate.resolve()
+    builtins = builtin_suites()
+    if ref in builtins:
+        return builtins[ref]
+    raise ConfigError(
+        f"no suite file {str(candidate)!r} and no built-in suite named {ref!r}; "
+        f"built-in suites: {', '.join(builtins) or 'none'}",
+        source="--audit-suite",
+    )
+
+
+def load_suite(ref: str | Path, *, base_dir: Path | None = None) -> Suite:
+    """Read and validate a suite given by built-in name or path."""
+    path = resolve_suite_ref(str(ref), base_dir=base_dir or Path.cwd())
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
+    return parse_suite(data, path=path)
+
+
+def _number(raw: Mapping[str, Any], key: str, where: Where) -> float | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise where.error(f"expected a number, got {value!r} ({type(value).__name__})", key=key)
+    return float(value)
+
+
+def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimSpec]:
+    """Validate one ``[[claims]]`` table; a sweep may expand it into several specs."""
+    where = Where(source=source, claim=f"#{index + 1}")
+    if not isinstance(raw, Mapping):
+        raise where.error("each entry of 'claims' must be a table ([[claims]])")
+    claim_id = raw.get("id")
+    if not isinstance(claim_id, str) or not _ID_RE.match(claim_id):
+        raise where.error(
+            f"expected an id of letters, digits, '-', '_' or '.', got {claim_id!r}", key="id"
+        )
+    where = Where(source=source, claim=claim_id)
+    kind_name = raw.get("kind")
+    if not isinstance(kind_name, str):
+        raise where.error(f"missing or not a string; kinds: {', '.join(known_kinds())}", "kind")
+    try:
+        kind = get_kind(kind_name)
+    except KeyError:
+        raise where.error(
+            f"unknown kind {kind_name!r}; known kinds: {', '.join(known_kinds())}", key="kind"
+        ) from None
+    allowed = {**COMMON_KEYS, **kind.keys}
+    for key in raw:
+        if key not in allowed:
+            raise where.error(
+                f"unknown key for kind {kind_name!r}; accepted keys: {', '.join(allowed)}", key=key
+            )
+    statement = raw.get("statement", "")
+    if not isinstance(statement, str):
+        raise where.error(f"expected a string, got {statement!r}", key="statement")
+    statistic = raw.get("statistic", "estimate")
+    if statistic not in STATISTICS:
+        raise where.error(
+            f"expected one of {', '.join(STATISTICS)}, got {statistic!r}", key="statistic"
+        )
+    threshold = Threshold(min=_number(raw, "min", where), max=_number(raw, "max", where))
+    if threshold.min is None and threshold.max is None:
+        raise where.error("missing threshold: give 'min' and/or 'max'", key="min")
+    if kind.value_range is not None:
+        low, high = kind.value_range
+        for key, value in (("min", threshold.min), ("max", threshold.max)):
+            if value is not None and not low <= value <= high:
+                raise where.error(
+                    f"{value:g} is out of range: {kind_name} claims measure values in "
+                    f"[{low:g}, {high:g}]",
+                    key=key,
+                )
+    if threshold.min is not None and threshold.max is not None and threshold.min > threshold.max:
+        raise where.error(f"min {threshold.min:g} exceeds max {threshold.max:g}", key="min")
+    params = kind.parse(raw, where)
+    spec = ClaimSpec(
+        suite=suite,
+        id=claim_id,
+        statement=statement or f"{kind_name} claim {claim_id}",
+        kind=kind_name,
+        params=params,
+        threshold=threshold,
+        statistic=statistic,
+        source=source,
+    )
+    return kind.expand(spec)
+
+
+def parse_suite(data: Mapping[str, Any], *, path: Path) -> Suite:
+    """Validate a parsed TOML document as a suite."""
+    source = str(path)
+    for key in data:
+        if key not in SUITE_KEYS:
+            raise ConfigError(
+                f"unknown top-level key; accepted keys: {', '.join(SUITE_KEYS)}",
+                source=source,
+                key=key,
+            )
+    name = data.get("name", path.stem)
+    if not isinstance(name, str) or not _ID_RE.match(name):
+        raise ConfigError(
+            f"expected a name of letters, digits, '-', '_' or '.', got {name!r}",
+            source=source,
+            key="name",
+        )
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(
+            f"expected a string, got {description!r}", source=source, key="description"
+        )
+    model = data.get("model", {})
+    if not isinstance(model, Mapping):
+        raise ConfigError("expected a [model] table", source=source, key="model")
+    raw_claims = data.get("claims")
+    if not isinstance(raw_claims, list) or not raw_claims:
+        raise ConfigError(
+            "a suite needs at least one [[claims]] table", source=source, key="claims"
+        )
+    claims: list[ClaimSpec] = []
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(raw_claims):
+        for spec in parse_claim(raw, suite=name, index=index, source=source):
+            if spec.id in seen:
+                raise ConfigError(
+                    f"duplicate id (claims #{seen[spec.id] + 1} and #{index + 1})",
+                    source=source,
+                    claim=spec.id,
+                    key="id",
+                )
+            seen[spec.id] = index
+            claims.append(spec)
+    return Suite(name, description, path, tuple(claims), dict(model))

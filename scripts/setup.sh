@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Create .venv and install SegAudit with its extras.
+#
+# On a machine whose python3 already has torch (a GPU box with its own CUDA build), the
+# venv sees the system site-packages and constraints.txt is not applied, so that torch is
+# kept.  Elsewhere torch and torchvision are installed at the versions pinned there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+
+if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: $PYTHON already has torch $("$PYTHON" -c 'import torch; print(torch.__version__)'); keeping it"
+  venv_flags=(--system-site-packages)
+  constraints=()
+else
+  venv_flags=()
+  constraints=(-c constraints.txt)
+fi
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "${venv_flags[@]}" "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet "${constraints[@]}" -e '.[attacks,dev]'
+"$VENV/bin/python" -c "import torch; print('setup: torch', torch.__version__, 'ready in $VENV')"
