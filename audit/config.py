@@ -54,8 +54,10 @@ class Settings:
         return self.model == DEMO_MODEL
 
     def base_for(self, key: str) -> Path:
-        """Directory that a relative path in setting ``key`` is relative to."""
-        return self.invocation_dir if self.sources.get(key) == "command line" else self.base_dir
+        """Directory a relative path in setting ``key`` is relative to: the project root for
+        a value from a config file, else the directory pytest was started in."""
+        source = self.sources.get(key)
+        return self.base_dir if source not in (None, "command line") else self.invocation_dir
 
 
 #: file key -> (Settings field, expected type description)
@@ -186,8 +188,8 @@ def resolve_settings(
 ) -> Settings:
     """Merge defaults, config files under ``rootdir`` and command-line values (``None`` = unset).
 
-    Relative paths from files resolve against ``rootdir``; from the command line, against
-    the directory pytest was started in.
+    Relative paths from files resolve against ``rootdir``; from the command line (and
+    defaults), against the directory pytest was started in.
     """
     invocation_dir = invocation_dir or Path.cwd()
     values, sources = file_settings(rootdir)

@@ -45,7 +45,9 @@ def _write_cityscapes(root: Path, split: str, frames: dict[str, list[np.ndarray]
             stem = f"{city}_{k:06d}_000019"
             h, w = labels.shape
             _rgb(rng, h, w).save(img_dir / f"{stem}_leftImg8bit.png")
-            Image.fromarray(labels.astype(np.uint8), "L").save(gt_dir / f"{stem}_gtFine_labelIds.png")
+            Image.fromarray(labels.astype(np.uint8), "L").save(
+                gt_dir / f"{stem}_gtFine_labelIds.png"
+            )
             # The real release ships these beside labelIds; they must not be mistaken for masks.
             _rgb(rng, h, w).save(gt_dir / f"{stem}_gtFine_color.png")
             (gt_dir / f"{stem}_gtFine_polygons.json").write_text("{}")
@@ -100,7 +102,7 @@ def test_cityscapes_image_matches_file(cityscapes_root: Path) -> None:
 def test_cityscapes_resize(cityscapes_root: Path) -> None:
     sample = CityscapesDataset(cityscapes_root, size=(8, 6))[1]
     assert sample.image.shape == (3, 8, 6) and sample.mask.shape == (8, 6)
-    assert 0 <= sample.image.min() and sample.image.max() <= 1
+    assert sample.image.min() >= 0 and sample.image.max() <= 1
     native = CityscapesDataset(cityscapes_root)[1].mask
     # Nearest neighbour never invents labels.
     assert set(sample.mask.unique().tolist()) <= set(native.unique().tolist())
@@ -203,7 +205,10 @@ def test_voc_palette_indices_and_roots(voc_devkit: Path, level: str) -> None:
     assert ds.palette[:3] == ((0, 0, 0), (128, 0, 0), (0, 128, 0))
     assert ds.palette[15] == (192, 128, 128)  # person
     assert len(ds) == 2
-    assert [ds[i].name for i in range(2)] == ["JPEGImages/2007_000042.jpg", "JPEGImages/2007_000033.jpg"]
+    assert [ds[i].name for i in range(2)] == [
+        "JPEGImages/2007_000042.jpg",
+        "JPEGImages/2007_000033.jpg",
+    ]
     cat = ds[1].mask.numpy()
     assert cat[0, 0] == 0 and cat[1, 2] == 255 and cat[2, 3] == 8
     assert set(np.unique(cat).tolist()) == {0, 8, 255}
@@ -211,7 +216,7 @@ def test_voc_palette_indices_and_roots(voc_devkit: Path, level: str) -> None:
     assert set(np.unique(person[:, 2:]).tolist()) == {15}
     image = ds[0].image
     assert image.shape == (3, 6, 8) and image.dtype == torch.float32
-    assert 0 <= image.min() and image.max() <= 1
+    assert image.min() >= 0 and image.max() <= 1
 
 
 def test_voc_split_and_resize(voc_devkit: Path) -> None:
@@ -244,7 +249,10 @@ def test_voc_out_of_range_mask_values(voc_devkit: Path) -> None:
     ("break_it", "match"),
     [
         (lambda voc: (voc / "ImageSets/Segmentation/val.txt").unlink(), r"split file .*val\.txt"),
-        (lambda voc: (voc / "ImageSets/Segmentation/val.txt").write_text("\n\n"), "lists no images"),
+        (
+            lambda voc: (voc / "ImageSets/Segmentation/val.txt").write_text("\n\n"),
+            "lists no images",
+        ),
         (lambda voc: (voc / "JPEGImages/2007_000042.jpg").unlink(), r"lists '2007_000042' but"),
         (
             lambda voc: (voc / "SegmentationClass/2007_000033.png").unlink(),
@@ -290,7 +298,9 @@ def test_folder_pairs_by_stem_with_classes_file(tmp_path: Path) -> None:
     assert len(ds.palette) == 3 and ds.ignore_index == 255
     assert [ds[i].name for i in range(3)] == ["images/a.jpg", "images/b.png", "images/c.png"]
     assert set(ds[0].mask.unique().tolist()) == {1, 255}
-    assert ds.describe()["images"] == "images" and ds.describe()["num_samples"] == 3
+    info = ds.describe()
+    assert info["images"] == "images" and info["masks"] == "masks" and info["num_samples"] == 3
+    assert info["class_names"] == ["bg", "crack", "rust"] and info["ignore_index"] == 255
 
 
 def test_folder_class_names_argument_and_custom_dirs(tmp_path: Path) -> None:
@@ -307,7 +317,7 @@ def test_folder_custom_ignore_index(tmp_path: Path) -> None:
     _write_folder(tmp_path, ["x"], classes=["a", "b"])
     with pytest.raises(DataError, match="holds values 255 outside the 2 classes"):
         FolderDataset(tmp_path, ignore_index=9)[0]
-    with pytest.raises(ConfigError, match="key 'ignore_index'.*class 'b'"):
+    with pytest.raises(ConfigError, match=r"key 'ignore_index'.*class 'b'"):
         FolderDataset(tmp_path, ignore_index=1)
 
 

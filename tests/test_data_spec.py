@@ -68,7 +68,9 @@ def test_layout_specs_absolute_and_relative(tmp_path: Path, folder_root: Path) -
     assert ds[0].image.shape == (3, 512, 1024)
 
     voc = _voc(tmp_path)
-    assert isinstance(open_dataset("voc:VOCdevkit/VOC2012?split=val", base_dir=tmp_path), VOCDataset)
+    assert isinstance(
+        open_dataset("voc:VOCdevkit/VOC2012?split=val", base_dir=tmp_path), VOCDataset
+    )
     assert open_dataset("voc:VOCdevkit", base_dir=tmp_path).root == voc.resolve()
 
     ds = open_dataset("folder:mydata?images=img&masks=lbl&classes=bg, thing", base_dir=tmp_path)

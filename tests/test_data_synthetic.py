@@ -52,7 +52,7 @@ def test_shapes_dtypes_and_ranges(size: tuple[int, int]) -> None:
         assert sample.image.shape == (3, *size)
         assert sample.image.dtype == torch.float32
         assert sample.image.is_contiguous()
-        assert 0.0 <= sample.image.min().item() and sample.image.max().item() <= 1.0
+        assert sample.image.min().item() >= 0.0 and sample.image.max().item() <= 1.0
         assert sample.mask.shape == size
         assert sample.mask.dtype == torch.int64
         values = set(sample.mask.unique().tolist())

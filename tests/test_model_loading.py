@@ -31,6 +31,12 @@ from audit.model import (
 
 HELPER = "segaudit_model_factories"
 FACTORY = f"{HELPER}:build"
+# TorchScript is deprecated in recent torch but is still what many users hand over.
+pytestmark = [
+    pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
+    pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning"),
+]
+
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -238,6 +244,28 @@ def test_state_dict_round_trip_with_factory(
         torch.testing.assert_close(loaded.module(images()), model(images()))
 
 
+def test_legacy_torch_save_format_is_recognised(helper: ModuleType, tmp_path: Path) -> None:
+    model = trained(helper)
+    torch.save(model.state_dict(), tmp_path / "old.pth", _use_new_zipfile_serialization=False)
+    loaded = load_model(tmp_path / "old.pth", factory=FACTORY)
+    assert loaded.format == "state_dict"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(images()), model(images()))
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"epoch": 3, "optimizer": {}}, r"holds a dict that is not a state dict \(keys: epoch"),
+        ([torch.zeros(2)], r"holds a list, not a model or a state dict"),
+    ],
+)
+def test_torch_save_of_something_else(tmp_path: Path, payload: object, message: str) -> None:
+    torch.save(payload, tmp_path / "thing.pt")
+    with pytest.raises(ModelError, match=r"thing\.pt " + message):
+        load_model(tmp_path / "thing.pt", factory=FACTORY)
+
+
 def test_safetensors_round_trip_with_factory_and_header_metadata(
     helper: ModuleType, tmp_path: Path
 ) -> None:
@@ -275,7 +303,11 @@ def test_weights_without_factory_explain_the_option(
         (f"{HELPER}:missing", rf"'{HELPER}' has no attribute 'missing'"),
         (f"{HELPER}:broken", r"failed while building .*RuntimeError: needs a GPU"),
         (f"{HELPER}:not_a_module", r"returned int, not a torch\.nn\.Module"),
-        (f"{HELPER}:build_five", r"do not fit the model built by factory .*size mismatch"),
+        (
+            f"{HELPER}:build_five",
+            r"do not fit the model built by factory .*: shape mismatches \(2\): "
+            r"head\.bias \(file \[4\], model \[5\]\), head\.weight",
+        ),
     ],
 )
 def test_bad_factory_names_factory_and_file(
@@ -286,7 +318,7 @@ def test_bad_factory_names_factory_and_file(
     with pytest.raises(ModelError, match=message) as info:
         load_model(path, factory=factory)
     assert str(path) in str(info.value)
-    assert factory in str(info.value) or "no_such_module_xyz" in str(info.value)
+    assert factory in str(info.value)
 
 
 def test_missing_and_unexpected_keys_are_listed(helper: ModuleType, tmp_path: Path) -> None:
@@ -384,6 +416,14 @@ def test_corrupt_member_in_torch_save_archive(helper: ModuleType, tmp_path: Path
             target.writestr(name, b"garbage" if name.endswith("data.pkl") else data)
     with pytest.raises(ModelError, match=r"bad\.pth"):
         load_model(tmp_path / "bad.pth", factory=FACTORY)
+
+
+def test_truncated_safetensors(helper: ModuleType, tmp_path: Path) -> None:
+    save_file(trained(helper).state_dict(), str(tmp_path / "full.safetensors"))
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-40])
+    with pytest.raises(ModelError, match=r"cannot read safetensors file .*cut\.safetensors"):
+        load_model(tmp_path / "cut.safetensors", factory=FACTORY)
 
 
 def test_foreign_zip(tmp_path: Path) -> None:
@@ -522,16 +562,17 @@ def test_torchvision_dict_output_through_torchscript(tmp_path: Path) -> None:
 
     torch.manual_seed(0)
     model = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=5).eval()
-    x = images(1, size=64)
+    x = images(1, size=32)
     traced = torch.jit.trace(model, x, strict=False, check_trace=False)
     torch.jit.save(traced, str(tmp_path / "lraspp.pt"))
 
     loaded = load_model(tmp_path / "lraspp.pt")
 
-    with torch.no_grad():
+    # The profiling executor's first-call optimisation costs seconds and proves nothing here.
+    with torch.no_grad(), torch.jit.optimized_execution(False):
         out = loaded.module(x)
         torch.testing.assert_close(out, model(x)["out"])
-    assert out.shape == (1, 5, 64, 64)
+    assert out.shape == (1, 5, 32, 32)
 
 
 def test_demo_model_path_points_into_the_package() -> None:

@@ -76,7 +76,13 @@ class FolderDataset(PairedFileDataset):
             raise DataError(
                 f"image folder {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)})"
             )
-        super().__init__(root, pairs, size=size, options={"images": images, "masks": masks})
+        options = {
+            "images": images,
+            "masks": masks,
+            "class_names": list(self.class_names),
+            "ignore_index": ignore_index,
+        }
+        super().__init__(root, pairs, size=size, options=options)
 
     @staticmethod
     def _class_names(root: Path, given: Sequence[str] | None) -> tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""Procedural street scenes: a dataset that needs no download and is never the same twice.
+"""Procedural street scenes: a labelled dataset that needs no download.
 
 Every sample is a pure function of ``(seed, index, size)``: it draws from its own
 random generator seeded with ``(seed, index)``, so samples can be produced in any
@@ -52,7 +52,7 @@ STREET_PALETTE: tuple[tuple[int, int, int], ...] = (
     (153, 153, 153),
 )
 
-# Heights below this make textures too small to draw; widths below 8 leave no room for a scene.
+# Below this, windows, people and poles shrink to a pixel or two and stop being recognisable.
 _MIN_SIZE = (32, 32)
 
 _FACADE_COLOURS = np.array(
@@ -532,7 +532,8 @@ class SyntheticStreetScenes(SegmentationDataset):
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"must be a non-negative integer, got {seed!r}", key="seed")
         if (
-            len(size) != 2
+            not isinstance(size, (tuple, list))
+            or len(size) != 2
             or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)
             or size[0] < _MIN_SIZE[0]
             or size[1] < _MIN_SIZE[1]

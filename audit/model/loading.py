@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import json
 import pickle
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,8 +76,11 @@ def load_model(
     """
     path = Path(path)
     _check_readable(path)
-    kind = formats.sniff_format(path)
-    digest = _sha256(path)
+    try:
+        kind = formats.sniff_format(path)
+        digest = _sha256(path)
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {path}: {exc}") from exc
     if kind == formats.TORCHSCRIPT:
         model, embedded = _load_torchscript(path, map_location)
         fmt = "torchscript"
@@ -148,7 +152,11 @@ def _load_torchscript(
 ) -> tuple[nn.Module, ModelMetadata]:
     extra: dict[str, Any] = {METADATA_MEMBER: ""}
     try:
-        model = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream, but that is advice for whoever saved the
+            # file, not for the person auditing it.
+            warnings.filterwarnings("ignore", r"`torch\.jit\.load` is deprecated", FutureWarning)
+            model = torch.jit.load(str(path), map_location=map_location, _extra_files=extra)
     except Exception as exc:  # torch raises bare RuntimeErrors for every kind of damage
         raise ModelError(f"cannot load TorchScript model {path}: {exc}") from exc
     embedded = _parse_embedded(extra[METADATA_MEMBER], path)
@@ -218,8 +226,8 @@ def _pickle_refusal(path: Path, exc: Exception) -> str:
         "tensors; loading it would execute arbitrary code from the file, so SegAudit "
         "refuses it. If you trust the file, pass --audit-trust-pickle (or set "
         "trust_pickle = true under [tool.segaudit]); better, re-export the model with "
-        "torch.jit.save(torch.jit.trace(model.eval(), example), 'model.pt') or "
-        "torch.export.save(torch.export.export(model.eval(), (example,)), 'model.pt2'). "
+        "torch.export.save(torch.export.export(model.eval(), (example,)), 'model.pt2') or "
+        "torch.jit.save(torch.jit.trace(model.eval(), example), 'model.pt'). "
         f"(torch: {reason})"
     )
 
@@ -311,28 +319,34 @@ def _build_and_load(
     map_location: str | torch.device,
 ) -> nn.Module:
     model = _resolve_factory(factory, path)
-    expected = set(model.state_dict())
-    given = set(state)
-    missing, unexpected = sorted(expected - given), sorted(given - expected)
-    if missing or unexpected:
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {_listed(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
-        hint = ""
-        if unexpected and all(k.startswith("module.") for k in unexpected):
-            hint = "; the file was saved from DataParallel: strip the 'module.' prefix"
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{key} (file {list(state[key].shape)}, model {list(own[key].shape)})"
+        for key in sorted(set(own) & set(state))
+        if state[key].shape != own[key].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {_listed(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches ({len(mismatched)}): {_listed(mismatched)}")
+    if unexpected and all(k.startswith("module.") for k in unexpected):
+        problems.append("the file was saved from DataParallel: strip the 'module.' prefix")
+    if problems:
         raise ModelError(
             f"weights in {path} do not fit the model built by factory {factory!r}: "
             + "; ".join(problems)
-            + hint
         )
     try:
         model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:  # shape mismatches
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
         raise ModelError(
-            f"weights in {path} do not fit the model built by factory {factory!r}: {exc}"
+            f"weights in {path} do not fit the model built by factory {factory!r}: {detail}"
         ) from exc
     return model.to(map_location)
 
