@@ -45,7 +45,8 @@ def test_passing_and_failing_claims_exit_1_with_a_sentence(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
         [
-            "*claim 'miou-high' violated: mIoU on clean images is 0.*, claim requires >= 0.99 (4 images*",
+            "*claim 'miou-high' violated: mIoU on clean images is 0.*, "
+            "claim requires >= 0.99 (4 images*",
             "audit report: *audit-report*index.html",
             "PASSED gate::accuracy-floor",
             "FAILED gate::miou-high - claim 'miou-high' violated*",
