@@ -1,4 +1,4 @@
-"""Engine: shared cache, batching by size, determinism, and an audit that never mutates the model."""
+"""Engine: shared cache, batching by size, determinism, and no mutation of the model."""
 
 from __future__ import annotations
 
