@@ -196,9 +196,12 @@ class AuditRun:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
-            if name == _RESULT_PROPERTY:
+            if name == _RESULT_PROPERTY and report.when == "call":
                 entry = json.loads(value)
                 self.audit.recorder.claims.setdefault(entry["nodeid"], entry).update(entry)
+                if not self.is_worker:
+                    # A partial record after every claim survives even a killed process.
+                    self.audit.recorder.write(self.audit.settings.report_dir, complete=False)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:

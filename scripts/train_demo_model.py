@@ -53,6 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=8.0,
         help="logits are multiplied by this inside the cross-entropy; lower means larger margins",
     )
+    p.add_argument(
+        "--crop",
+        type=int,
+        nargs=2,
+        default=(64, 128),
+        metavar=("H", "W"),
+        help="train on random crops of this size (multiples of 4); the net is fully convolutional",
+    )
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--depth", type=int, default=6, help="number of 3x3 convolutions")
     p.add_argument("--threads", type=int, default=2)
@@ -94,6 +102,16 @@ def certified_radii(logits: torch.Tensor, masks: torch.Tensor, lipschitz: float)
     return gap[correct] / (math.sqrt(2) * lipschitz)
 
 
+def random_crop(
+    images: torch.Tensor, masks: torch.Tensor, size: tuple[int, int], gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random crop per batch, on the 4-pixel grid so that train and test share alignment."""
+    h, w = size
+    top = 4 * int(torch.randint(0, (images.shape[-2] - h) // 4 + 1, (1,), generator=gen))
+    left = 4 * int(torch.randint(0, (images.shape[-1] - w) // 4 + 1, (1,), generator=gen))
+    return images[..., top : top + h, left : left + w], masks[..., top : top + h, left : left + w]
+
+
 def train(
     args: argparse.Namespace, images: torch.Tensor, masks: torch.Tensor, val: tuple
 ) -> LipschitzSegNet:
@@ -114,7 +132,7 @@ def train(
             idx = order[i : i + args.batch_size]
             # Horizontal flips are a free augmentation: street scenes are mirror symmetric.
             flip = torch.rand(len(idx), generator=order_gen) < 0.5
-            x, y = images[idx], masks[idx]
+            x, y = random_crop(images[idx], masks[idx], args.crop, order_gen)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None], y.flip(-1), y)
             loss = F.cross_entropy(args.temperature * model(x), y, ignore_index=IGNORE_INDEX)
