@@ -43,8 +43,8 @@ def library_versions() -> dict[str, str | None]:
 class ClaimFailed(AssertionError):
     """A claim was measured and does not hold."""
 
-    def __init__(self, verdict: Verdict) -> None:
-        super().__init__(f"{verdict.summary}\n{verdict.detail}")
+    def __init__(self, verdict: Verdict, statement: str) -> None:
+        super().__init__(f"{verdict.summary}\nclaimed: {statement}")
         self.verdict = verdict
 
 
@@ -188,7 +188,7 @@ class AuditSession:
             measured=finite_or_none(measurement.value),
             compared=finite_or_none(verdict.compared),
             interval=measurement.interval.to_dict() if measurement.interval else None,
-            message=verdict.detail if verdict.passed else f"{verdict.summary}\n{verdict.detail}",
+            message=verdict.detail if verdict.passed else verdict.summary,
             num_samples=measurement.num_samples,
             condition=measurement.condition,
             quantity=measurement.quantity,
@@ -196,7 +196,7 @@ class AuditSession:
             duration_s=round(time.perf_counter() - start, 4),
         )
         if not verdict.passed:
-            raise ClaimFailed(verdict)
+            raise ClaimFailed(verdict, spec.statement)
         return entry
 
     # -- the end ------------------------------------------------------------------------
