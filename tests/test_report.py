@@ -19,6 +19,7 @@ from PIL import Image
 from audit import report
 from audit.errors import ConfigError, SegAuditError
 from audit.report import register_section, render_html, render_report, unregister_section
+from audit.report import render as report_render
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CLASSES = [
@@ -386,7 +387,7 @@ def test_failed_render_keeps_previous_report(
     def fail(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", fail)
+    monkeypatch.setattr(report_render.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         render_report(report_dir)
 
@@ -442,12 +443,13 @@ def test_command_line_rerenders_index(report_dir: Path) -> None:
 def extra_partial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """A copy of the templates folder with one more partial; sections added are removed after."""
     templates = tmp_path / "templates"
-    shutil.copytree(report.templates_dir(), templates)
+    shutil.copytree(report_render.templates_dir(), templates)
     (templates / "_extra.html.j2").write_text(
         '<p class="extra">{{ ctx.headline }}</p>{{ embed_image(ctx.image, "extra") }}\n',
         encoding="utf-8",
     )
-    monkeypatch.setattr(report, "templates_dir", lambda: templates)
+    # render.py looks templates_dir up in its own namespace, so patch it there.
+    monkeypatch.setattr(report_render, "templates_dir", lambda: templates)
     yield "_extra.html.j2"
     for key in ("extra", "extra-hidden"):
         if any(s.key == key for s in report.sections()):

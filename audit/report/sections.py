@@ -1,53 +1,35 @@
-"""The HTML audit report: ``results.json`` and the images beside it in, one self-contained page out.
+"""The report's sections: the :class:`Section` type, the ordered registry and the built-ins.
 
-The page is built from an ordered registry of *sections*.  Each section is a key (the HTML
-anchor), a title (the heading and table-of-contents entry), a partial template in the
-templates folder, and a builder: a pure function from the results mapping to the partial's
-context, or ``None`` when the section has nothing to show.  Builders do all the defaulting and
-number formatting, so partials only print ready-made strings (the environment uses
-``StrictUndefined``; a partial that reaches for a missing key fails loudly instead of printing
-nothing).  Adding a section is one partial plus one :func:`register_section` call.
-
-Everything in the page is inline: CSS from ``style.css``, images as base64 data URIs (partials
-call ``embed_image(path, alt)``), charts as SVG.  Nothing refers to the network, so the file
-can be archived, mailed and printed for a review.  Claim statements, sample names and paths
-are user text, so autoescaping is on for every template.
-
-An incomplete run (``complete`` is not ``true``) gets a banner listing what is missing; an
-optional top-level ``"reason"`` string, when the writer records one, leads that list.
-
-Re-render a report from the command line with ``python -m audit.report REPORT_DIR``.
+Each builder is a pure function from the results mapping to its partial's context, or ``None``
+when the section has nothing to show.  Builders do all the defaulting and number formatting,
+so partials only print ready-made strings.
 """
 
 from __future__ import annotations
 
-import argparse
-import base64
-import json
 import math
-import os
 import re
 import shlex
-import sys
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
-import jinja2
-from markupsafe import Markup
+from audit.errors import ConfigError
+from audit.report.format import (
+    _MISSING,
+    _color,
+    _css_rgb,
+    _is_number,
+    fmt_any,
+    fmt_duration,
+    fmt_interval,
+    fmt_interval_method,
+    fmt_number,
+    fmt_percent,
+    fmt_resolution,
+    fmt_threshold,
+)
 
-from audit.errors import ConfigError, SegAuditError
-from audit.resources import templates_dir
-
-SCHEMA_VERSION = 1
-RESULTS_FILE = "results.json"
-INDEX_FILE = "index.html"
-
-#: Files larger than this are not inlined; a report must stay a reasonable e-mail attachment.
-MAX_EMBED_BYTES = 16 * 1024 * 1024
 #: Beyond this many classes a confusion matrix table stops being readable on a page.
 MAX_CONFUSION_CLASSES = 40
 
@@ -63,19 +45,6 @@ class Section:
     template: str
     build: SectionBuilder
 
-
-@dataclass(frozen=True)
-class _RenderedSection:
-    key: str
-    title: str
-    template: str
-    context: Mapping[str, Any] | None
-    error: str | None
-
-
-# --------------------------------------------------------------------------- formatting
-
-_MISSING = "—"
 
 _STATUS = {
     "passed": ("PASS", "pass"),
@@ -105,115 +74,6 @@ _METRIC_LABELS = {
     "pixel_accuracy": "Pixel accuracy",
     "mean_class_accuracy": "Mean class accuracy",
 }
-_FALLBACK_COLOR = (160, 160, 160)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def fmt_number(value: Any) -> str:
-    """A measured value for display: 3 decimals for scores, separators for counts."""
-    if value is None:
-        return _MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        if value == 0 or 0.01 <= abs(value) < 1e4:
-            return f"{value:.3f}"
-        return f"{value:.3g}"
-    return str(value)
-
-
-def fmt_bound(value: Any) -> str:
-    """A threshold as the user wrote it (``0.75``, not ``0.750``)."""
-    return format(value, "g") if _is_number(value) else str(value)
-
-
-def fmt_threshold(threshold: Any) -> str:
-    """``{"min": 0.75, "max": None}`` -> ``">= 0.75"``; both bounds joined with ``and``."""
-    if not isinstance(threshold, Mapping):
-        return _MISSING if threshold is None else str(threshold)
-    parts = []
-    if threshold.get("min") is not None:
-        parts.append(f">= {fmt_bound(threshold['min'])}")
-    if threshold.get("max") is not None:
-        parts.append(f"<= {fmt_bound(threshold['max'])}")
-    return " and ".join(parts) or _MISSING
-
-
-def fmt_interval(interval: Any) -> str:
-    """``"95% CI [0.790, 0.830]"``, or an empty string when there is no interval."""
-    if not isinstance(interval, Mapping):
-        return ""
-    low, high = interval.get("low"), interval.get("high")
-    if low is None and high is None:
-        return ""
-    confidence = interval.get("confidence")
-    label = f"{confidence * 100:g}% CI" if _is_number(confidence) else "CI"
-    return f"{label} [{fmt_number(low)}, {fmt_number(high)}]"
-
-
-def fmt_interval_method(interval: Any) -> str:
-    if not isinstance(interval, Mapping):
-        return ""
-    parts = []
-    if interval.get("method"):
-        parts.append(str(interval["method"]))
-    if _is_number(interval.get("n_resamples")):
-        parts.append(f"{interval['n_resamples']:,} resamples")
-    return ", ".join(parts)
-
-
-def fmt_any(value: Any) -> str:
-    """Provenance values: scalars as-is, lists and mappings as compact JSON."""
-    if value is None:
-        return _MISSING
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | int | float):
-        return str(value)
-    if isinstance(value, list | tuple) and all(isinstance(v, str | int | float) for v in value):
-        return ", ".join(str(v) for v in value)
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def fmt_resolution(value: Any) -> str:
-    if isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_number, value)):
-        return f"{value[0]} × {value[1]} (H × W)"
-    return fmt_any(value)
-
-
-def fmt_duration(value: Any) -> str:
-    if not _is_number(value):
-        return _MISSING
-    if value < 120:
-        return f"{value:.1f} s"
-    minutes, seconds = divmod(round(value), 60)
-    return f"{minutes} min {seconds} s"
-
-
-def fmt_percent(fraction: float) -> str:
-    return f"{fraction * 100:.1f}"
-
-
-def _color(value: Any) -> tuple[int, int, int]:
-    """A palette entry as an RGB triple; anything malformed becomes neutral grey."""
-    if (
-        isinstance(value, list | tuple)
-        and len(value) == 3
-        and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value)
-    ):
-        return (value[0], value[1], value[2])
-    return _FALLBACK_COLOR
-
-
-def _css_rgb(rgb: tuple[int, int, int]) -> str:
-    return f"rgb({rgb[0]}, {rgb[1]}, {rgb[2]})"
 
 
 def _status(results: Mapping[str, Any]) -> tuple[str, str]:
@@ -260,9 +120,6 @@ def _counts(results: Mapping[str, Any]) -> dict[str, int]:
         else:
             counts[key] = sum(1 for claim in claims if claim.get("verdict") == key)
     return counts
-
-
-# --------------------------------------------------------------------------- sections
 
 
 def _run_errors(results: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -662,257 +519,3 @@ def unregister_section(key: str) -> None:
             del _SECTIONS[index]
             return
     raise ConfigError("no section with this key is registered", key=key)
-
-
-# --------------------------------------------------------------------------- images
-
-_IMAGE_SIGNATURES = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-)
-
-
-def _image_mime(head: bytes) -> str | None:
-    for signature, mime in _IMAGE_SIGNATURES:
-        if head.startswith(signature):
-            return mime
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
-
-def _placeholder(text: str) -> Markup:
-    return Markup('<div class="missing-image" role="img" aria-label="{0}">{0}</div>').format(text)
-
-
-def embed_image(report_dir: Path, relative: Any, alt: str = "") -> Markup:
-    """``<img>`` with the file inlined as a data URI, or a placeholder naming what is wrong.
-
-    Only files inside ``report_dir`` are read: a results file must not be able to pull
-    arbitrary files from the machine into a page that gets shared.
-    """
-    if not isinstance(relative, str) or not relative:
-        return _placeholder("No image recorded")
-    root = report_dir.resolve()
-    try:
-        path = (root / relative).resolve()
-    except (OSError, ValueError):  # NUL bytes, symlink loops
-        return _placeholder(f"Invalid image path: {relative!r}")
-    if not path.is_relative_to(root):
-        return _placeholder(f"Image outside the report folder, not embedded: {relative}")
-    try:
-        size = path.stat().st_size
-        if size > MAX_EMBED_BYTES:
-            return _placeholder(f"Image too large to embed ({size:,} bytes): {relative}")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return _placeholder(f"Missing image: {relative}")
-    except OSError as exc:
-        return _placeholder(f"Unreadable image: {relative} ({exc.strerror or exc})")
-    mime = _image_mime(data[:16])
-    if mime is None:
-        return _placeholder(f"Not a PNG, JPEG, GIF or WebP image: {relative}")
-    encoded = base64.b64encode(data).decode("ascii")
-    return Markup('<img src="data:{};base64,{}" alt="{}">').format(mime, encoded, alt)
-
-
-# --------------------------------------------------------------------------- rendering
-
-
-@lru_cache(maxsize=4)
-def _environment(directory: str) -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(directory),
-        # Partials are named *.html.j2; ".j2" must be listed or select_autoescape misses them.
-        autoescape=jinja2.select_autoescape(
-            enabled_extensions=("html", "htm", "j2", "svg", "xml"),
-            default_for_string=True,
-            default=True,
-        ),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-
-
-def _templates() -> Path:
-    try:
-        return templates_dir()
-    except FileNotFoundError as exc:
-        raise SegAuditError(str(exc)) from exc
-
-
-def check_schema(results: Any, *, source: str = "results") -> None:
-    """Raise :class:`SegAuditError` unless ``results`` is a schema-1 results mapping."""
-    if not isinstance(results, Mapping):
-        raise SegAuditError(f"{source}: expected a JSON object, got {type(results).__name__}")
-    version = results.get("schema_version")
-    if version is None:
-        raise SegAuditError(f"{source}: no 'schema_version'; this is not a SegAudit results file")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise SegAuditError(f"{source}: 'schema_version' must be an integer, got {version!r}")
-    if version > SCHEMA_VERSION:
-        raise SegAuditError(
-            f"{source}: schema_version {version} was written by a newer SegAudit; this version "
-            f"renders schema_version {SCHEMA_VERSION}. Upgrade segaudit to render it."
-        )
-    if version != SCHEMA_VERSION:
-        raise SegAuditError(
-            f"{source}: unknown schema_version {version}; this version renders "
-            f"schema_version {SCHEMA_VERSION}"
-        )
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-def _incomplete_reasons(results: Mapping[str, Any]) -> list[str]:
-    counts = _counts(results)
-    reasons = []
-    if isinstance(results.get("reason"), str) and results["reason"]:
-        reasons.append(results["reason"])
-    if counts["not_run"]:
-        reasons.append(f"{counts['not_run']} of {_plural(counts['total'], 'claim')} were not run")
-    if counts["error"]:
-        reasons.append(f"{_plural(counts['error'], 'claim')} ended in an error")
-    if _run_errors(results):
-        errors = _plural(len(_run_errors(results)), "error")
-        reasons.append(f"{errors} outside any claim (see the summary)")
-    if not isinstance(_mapping(results.get("evaluations")).get("clean"), Mapping):
-        reasons.append("no clean evaluation was recorded")
-    return reasons
-
-
-def _build_sections(results: Mapping[str, Any]) -> list[_RenderedSection]:
-    rendered = []
-    for section in _SECTIONS:
-        try:
-            context = section.build(results)
-        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
-            # One malformed block must not take the rest of the evidence down with it.
-            message = f"{type(exc).__name__}: {exc}"
-            rendered.append(_RenderedSection(section.key, section.title, "", None, message))
-            continue
-        if context is not None:
-            rendered.append(
-                _RenderedSection(section.key, section.title, section.template, context, None)
-            )
-    return rendered
-
-
-def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
-    """The report page for ``results``; image paths in it are relative to ``report_dir``."""
-    check_schema(results)
-    report_dir = Path(report_dir)
-    directory = _templates()
-    env = _environment(str(directory))
-    rendered = _build_sections(results)
-    for section in rendered:
-        if section.error is None:
-            try:
-                env.get_template(section.template)
-            except jinja2.TemplateNotFound as exc:
-                raise SegAuditError(
-                    f"report section {section.key!r}: template {section.template!r} "
-                    f"not found in {directory}"
-                ) from exc
-    try:
-        css = (directory / "style.css").read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SegAuditError(
-            f"cannot read the report stylesheet {directory / 'style.css'}: {exc}"
-        ) from exc
-    provenance = _mapping(results.get("provenance"))
-    model = _mapping(provenance.get("model"))
-    dataset = _mapping(provenance.get("dataset"))
-    model_name = _mapping(model.get("metadata")).get("name") or (
-        Path(model["path"]).name if isinstance(model.get("path"), str) else None
-    )
-    complete = results.get("complete") is True
-    badge, badge_css = _status(results)
-    return env.get_template("index.html.j2").render(
-        # style.css ships with the package, so it is trusted markup.
-        css=Markup(css),
-        sections=rendered,
-        complete=complete,
-        incomplete_reasons=[] if complete else _incomplete_reasons(results),
-        badge=badge,
-        badge_css=badge_css,
-        model_name=fmt_any(model_name),
-        dataset_spec=fmt_any(dataset.get("spec")),
-        started_at=fmt_any(provenance.get("started_at")),
-        segaudit_version=fmt_any(_mapping(provenance.get("versions")).get("segaudit")),
-        schema_version=SCHEMA_VERSION,
-        embed_image=lambda path, alt="": embed_image(report_dir, path, alt),
-    )
-
-
-def load_results(report_dir: str | Path) -> dict[str, Any]:
-    """Read and schema-check ``report_dir/results.json``."""
-    path = Path(report_dir) / RESULTS_FILE
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SegAuditError(
-            f"{path}: no results file; run an audit into this folder first"
-        ) from None
-    except OSError as exc:
-        raise SegAuditError(f"{path}: cannot read: {exc}") from exc
-    try:
-        results = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SegAuditError(f"{path}: not valid JSON: {exc}") from exc
-    check_schema(results, source=str(path))
-    return results
-
-
-def render_report(report_dir: str | Path, *, results: Mapping[str, Any] | None = None) -> Path:
-    """Write ``report_dir/index.html`` from ``results`` (or ``report_dir/results.json``).
-
-    The page is written to a temporary file in the same folder and moved into place, so a
-    reader never sees half a report and a crash leaves the previous one intact.
-    """
-    report_dir = Path(report_dir)
-    if not report_dir.is_dir():
-        raise SegAuditError(f"{report_dir}: report folder does not exist")
-    if results is None:
-        results = load_results(report_dir)
-    html = render_html(results, report_dir=report_dir)
-    target = report_dir / INDEX_FILE
-    fd, temp_name = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", suffix=".tmp", dir=report_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(html)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; a report is meant to be read by others.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    return target
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m audit.report",
-        description="Re-render REPORT_DIR/index.html from REPORT_DIR/results.json.",
-    )
-    parser.add_argument("report_dir", metavar="REPORT_DIR", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        path = render_report(args.report_dir)
-    except SegAuditError as exc:
-        print(f"segaudit: error: {exc}", file=sys.stderr)
-        return 1
-    print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,215 @@
+"""Rendering: schema check, loading ``results.json`` and writing ``index.html``.
+
+The Jinja environment lives here; the sections feed it and :mod:`audit.report.embed` gives
+partials their ``embed_image`` helper.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from audit.errors import SegAuditError
+from audit.report.embed import embed_image
+from audit.report.format import fmt_any
+from audit.report.sections import _counts, _mapping, _run_errors, _status, sections
+from audit.resources import templates_dir
+
+SCHEMA_VERSION = 1
+RESULTS_FILE = "results.json"
+INDEX_FILE = "index.html"
+
+
+@dataclass(frozen=True)
+class _RenderedSection:
+    key: str
+    title: str
+    template: str
+    context: Mapping[str, Any] | None
+    error: str | None
+
+
+@lru_cache(maxsize=4)
+def _environment(directory: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(directory),
+        # Partials are named *.html.j2; ".j2" must be listed or select_autoescape misses them.
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "htm", "j2", "svg", "xml"),
+            default_for_string=True,
+            default=True,
+        ),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def _templates() -> Path:
+    try:
+        return templates_dir()
+    except FileNotFoundError as exc:
+        raise SegAuditError(str(exc)) from exc
+
+
+def check_schema(results: Any, *, source: str = "results") -> None:
+    """Raise :class:`SegAuditError` unless ``results`` is a schema-1 results mapping."""
+    if not isinstance(results, Mapping):
+        raise SegAuditError(f"{source}: expected a JSON object, got {type(results).__name__}")
+    version = results.get("schema_version")
+    if version is None:
+        raise SegAuditError(f"{source}: no 'schema_version'; this is not a SegAudit results file")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise SegAuditError(f"{source}: 'schema_version' must be an integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise SegAuditError(
+            f"{source}: schema_version {version} was written by a newer SegAudit; this version "
+            f"renders schema_version {SCHEMA_VERSION}. Upgrade segaudit to render it."
+        )
+    if version != SCHEMA_VERSION:
+        raise SegAuditError(
+            f"{source}: unknown schema_version {version}; this version renders "
+            f"schema_version {SCHEMA_VERSION}"
+        )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _incomplete_reasons(results: Mapping[str, Any]) -> list[str]:
+    counts = _counts(results)
+    reasons = []
+    if isinstance(results.get("reason"), str) and results["reason"]:
+        reasons.append(results["reason"])
+    if counts["not_run"]:
+        reasons.append(f"{counts['not_run']} of {_plural(counts['total'], 'claim')} were not run")
+    if counts["error"]:
+        reasons.append(f"{_plural(counts['error'], 'claim')} ended in an error")
+    if _run_errors(results):
+        errors = _plural(len(_run_errors(results)), "error")
+        reasons.append(f"{errors} outside any claim (see the summary)")
+    if not isinstance(_mapping(results.get("evaluations")).get("clean"), Mapping):
+        reasons.append("no clean evaluation was recorded")
+    return reasons
+
+
+def _build_sections(results: Mapping[str, Any]) -> list[_RenderedSection]:
+    rendered = []
+    for section in sections():
+        try:
+            context = section.build(results)
+        except (KeyError, TypeError, ValueError, AttributeError, ArithmeticError) as exc:
+            # One malformed block must not take the rest of the evidence down with it.
+            message = f"{type(exc).__name__}: {exc}"
+            rendered.append(_RenderedSection(section.key, section.title, "", None, message))
+            continue
+        if context is not None:
+            rendered.append(
+                _RenderedSection(section.key, section.title, section.template, context, None)
+            )
+    return rendered
+
+
+def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
+    """The report page for ``results``; image paths in it are relative to ``report_dir``."""
+    check_schema(results)
+    report_dir = Path(report_dir)
+    directory = _templates()
+    env = _environment(str(directory))
+    rendered = _build_sections(results)
+    for section in rendered:
+        if section.error is None:
+            try:
+                env.get_template(section.template)
+            except jinja2.TemplateNotFound as exc:
+                raise SegAuditError(
+                    f"report section {section.key!r}: template {section.template!r} "
+                    f"not found in {directory}"
+                ) from exc
+    try:
+        css = (directory / "style.css").read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SegAuditError(
+            f"cannot read the report stylesheet {directory / 'style.css'}: {exc}"
+        ) from exc
+    provenance = _mapping(results.get("provenance"))
+    model = _mapping(provenance.get("model"))
+    dataset = _mapping(provenance.get("dataset"))
+    model_name = _mapping(model.get("metadata")).get("name") or (
+        Path(model["path"]).name if isinstance(model.get("path"), str) else None
+    )
+    complete = results.get("complete") is True
+    badge, badge_css = _status(results)
+    return env.get_template("index.html.j2").render(
+        # style.css ships with the package, so it is trusted markup.
+        css=Markup(css),
+        sections=rendered,
+        complete=complete,
+        incomplete_reasons=[] if complete else _incomplete_reasons(results),
+        badge=badge,
+        badge_css=badge_css,
+        model_name=fmt_any(model_name),
+        dataset_spec=fmt_any(dataset.get("spec")),
+        started_at=fmt_any(provenance.get("started_at")),
+        segaudit_version=fmt_any(_mapping(provenance.get("versions")).get("segaudit")),
+        schema_version=SCHEMA_VERSION,
+        embed_image=lambda path, alt="": embed_image(report_dir, path, alt),
+    )
+
+
+def load_results(report_dir: str | Path) -> dict[str, Any]:
+    """Read and schema-check ``report_dir/results.json``."""
+    path = Path(report_dir) / RESULTS_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SegAuditError(
+            f"{path}: no results file; run an audit into this folder first"
+        ) from None
+    except OSError as exc:
+        raise SegAuditError(f"{path}: cannot read: {exc}") from exc
+    try:
+        results = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SegAuditError(f"{path}: not valid JSON: {exc}") from exc
+    check_schema(results, source=str(path))
+    return results
+
+
+def render_report(report_dir: str | Path, *, results: Mapping[str, Any] | None = None) -> Path:
+    """Write ``report_dir/index.html`` from ``results`` (or ``report_dir/results.json``).
+
+    The page is written to a temporary file in the same folder and moved into place, so a
+    reader never sees half a report and a crash leaves the previous one intact.
+    """
+    report_dir = Path(report_dir)
+    if not report_dir.is_dir():
+        raise SegAuditError(f"{report_dir}: report folder does not exist")
+    if results is None:
+        results = load_results(report_dir)
+    html = render_html(results, report_dir=report_dir)
+    target = report_dir / INDEX_FILE
+    fd, temp_name = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", suffix=".tmp", dir=report_dir)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(html)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp creates 0600 files; a report is meant to be read by others.
+        os.chmod(temp_name, 0o644)
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    return target
