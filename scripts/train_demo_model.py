@@ -63,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--depth", type=int, default=6, help="number of 3x3 convolutions")
+    p.add_argument("--factor", type=int, default=4, help="pixel (un)shuffle factor")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
 
@@ -116,7 +117,9 @@ def train(
     args: argparse.Namespace, images: torch.Tensor, masks: torch.Tensor, val: tuple
 ) -> LipschitzSegNet:
     torch.manual_seed(args.seed)
-    model = LipschitzSegNet(len(STREET_CLASSES), width=args.width, depth=args.depth)
+    model = LipschitzSegNet(
+        len(STREET_CLASSES), width=args.width, depth=args.depth, factor=args.factor
+    )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(images) / args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(

@@ -24,10 +24,10 @@ from audit.model import (
     LoadedModel,
     ModelMetadata,
     SegmentationWrapper,
-    demo_model_path,
     fingerprint_module,
     load_model,
 )
+from audit.resources import demo_model_file
 
 HELPER = "segaudit_model_factories"
 FACTORY = f"{HELPER}:build"
@@ -575,13 +575,11 @@ def test_torchvision_dict_output_through_torchscript(tmp_path: Path) -> None:
     assert out.shape == (1, 5, 32, 32)
 
 
-def test_demo_model_path_points_into_the_package() -> None:
-    path = demo_model_path()
-    assert path.name == "demo_segnet.pt"
+def test_bundled_demo_model_loads_as_torchscript() -> None:
+    path = demo_model_file()
     assert path.parent == Path(__file__).resolve().parent.parent / "audit" / "assets"
-    if path.exists():
-        loaded = load_model(path)
-        assert isinstance(loaded, LoadedModel) and loaded.format == "torchscript"
-        assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-        with torch.no_grad():
-            assert loaded.module(images(1, size=64)).shape[-2:] == (64, 64)
+    loaded = load_model(path)
+    assert isinstance(loaded, LoadedModel) and loaded.format == "torchscript"
+    assert loaded.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with torch.no_grad():
+        assert loaded.module(images(1, size=64)).shape[-2:] == (64, 64)

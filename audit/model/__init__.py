@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from audit.model.checks import check_finite, check_num_classes
 from audit.model.fingerprint import fingerprint_module, tensor_digest
-from audit.model.loading import LoadedModel, demo_model_path, load_model
+from audit.model.loading import LoadedModel, load_model
 from audit.model.metadata import ModelMetadata
 from audit.model.wrapper import SegmentationWrapper
 
@@ -19,7 +19,6 @@ __all__ = [
     "SegmentationWrapper",
     "check_finite",
     "check_num_classes",
-    "demo_model_path",
     "fingerprint_module",
     "load_model",
     "tensor_digest",

@@ -29,7 +29,6 @@ from audit.model.metadata import ModelMetadata
 from audit.model.wrapper import SegmentationWrapper
 
 METADATA_MEMBER = "audit.json"
-_DEMO_MODEL = Path(__file__).resolve().parent.parent / "assets" / "demo_segnet.pt"
 # How many state-dict keys an error message lists.
 _SHOWN_KEYS = 8
 
@@ -54,11 +53,6 @@ class LoadedModel:
         """The same model rewrapped with ``metadata`` (new normalisation, same weights)."""
         wrapper = SegmentationWrapper(self.module.model, metadata, name=self.module.name)
         return dataclasses.replace(self, module=wrapper, metadata=metadata)
-
-
-def demo_model_path() -> Path:
-    """The small TorchScript segmentation model bundled with SegAudit."""
-    return _DEMO_MODEL
 
 
 def load_model(
