@@ -28,8 +28,8 @@ from torch import nn
 # Run from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from audit.data.synthetic import STREET_CLASSES, SyntheticStreetScenes  # noqa: E402
-from audit.nets.lipschitz import LipschitzSegNet, lipschitz_upper_bound  # noqa: E402
+from audit.data.synthetic import STREET_CLASSES, SyntheticStreetScenes
+from audit.nets.lipschitz import AOLConv2d, ConvFactory, LipschitzSegNet, lipschitz_upper_bound
 
 MODEL_NAME = "segaudit-demo-lipschitz-fcn"
 IGNORE_INDEX = 255
@@ -50,8 +50,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--temperature",
         type=float,
-        default=8.0,
+        default=128.0,
         help="logits are multiplied by this inside the cross-entropy; lower means larger margins",
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.0,
+        help="offset subtracted from the true-class logit inside the loss (a margin target)",
+    )
+    p.add_argument(
+        "--class-balance",
+        type=float,
+        default=0.5,
+        help="class weights are frequency ** -this (0: unweighted); mIoU weighs classes equally",
+    )
+    p.add_argument(
+        "--conv",
+        choices=("aoc", "aol"),
+        default="aoc",
+        help="aoc: orthogonium's orthogonal convolutions (pip install orthogonium==0.0.4); "
+        "aol: SegAudit's own AOL convolutions (torch only, less accurate)",
     )
     p.add_argument(
         "--crop",
@@ -62,7 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="train on random crops of this size (multiples of 4); the net is fully convolutional",
     )
     p.add_argument("--width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=6, help="number of 3x3 convolutions")
+    p.add_argument("--depth", type=int, default=6, help="3x3 convolutions at 1/factor scale")
+    p.add_argument(
+        "--inner-depth", type=int, default=0, help="3x3 convolutions at 1/(2 factor) scale"
+    )
     p.add_argument("--factor", type=int, default=4, help="pixel (un)shuffle factor")
     p.add_argument("--threads", type=int, default=2)
     return p.parse_args(argv)
@@ -113,12 +135,75 @@ def random_crop(
     return images[..., top : top + h, left : left + w], masks[..., top : top + h, left : left + w]
 
 
+def conv_factory(kind: str) -> ConvFactory:
+    if kind == "aol":
+        return AOLConv2d
+    try:
+        from orthogonium import ClassParam
+        from orthogonium.layers.conv.AOC.ortho_conv import AdaptiveOrthoConv2d
+        from orthogonium.reparametrizers import (
+            BatchedIdentity,
+            BatchedQROrthogonalization,
+            OrthoParams,
+        )
+    except ImportError:
+        sys.exit("--conv aoc needs orthogonium: pip install orthogonium==0.0.4 (or use --conv aol)")
+    # QR is exact to rounding and, at these sizes, cheaper than the default 12 Bjorck steps,
+    # which leave the kernel measurably above norm 1; it needs no spectral pre-normalisation.
+    ortho = OrthoParams(
+        spectral_normalizer=ClassParam(BatchedIdentity),
+        orthogonalizer=ClassParam(BatchedQROrthogonalization),
+    )
+
+    def make(c_in: int, c_out: int) -> nn.Module:
+        # Zero padding: orthogonium's reflect/replicate padding is not 1-Lipschitz, and the
+        # exported nn.Conv2d must compute exactly what was trained.
+        return AdaptiveOrthoConv2d(
+            c_in, c_out, 3, padding="same", padding_mode="zeros", ortho_params=ortho
+        )
+
+    return make
+
+
+def class_weights(masks: torch.Tensor, num_classes: int, power: float) -> torch.Tensor:
+    """``frequency ** -power`` per class, scaled so that an average pixel weighs 1."""
+    counts = torch.bincount(masks[masks != IGNORE_INDEX], minlength=num_classes).double()
+    freq = counts / counts.sum()
+    weights = freq.clamp_min(1e-6) ** -power
+    return (weights / (freq * weights).sum()).float()
+
+
+def margin_cross_entropy(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    temperature: float,
+    margin: float,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of ``temperature * (logits - margin * onehot(target))``, ignoring 255.
+
+    Lipschitz nets cannot scale their logits up, so the temperature sets how large a gap
+    counts as confident; the offset keeps pushing the true logit until it leads by ``margin``
+    (the "offset cross-entropy" of Prach & Lampert, which trades accuracy for radius).
+    """
+    if margin:
+        valid = (target != IGNORE_INDEX).unsqueeze(1)
+        onehot = F.one_hot(target.where(valid.squeeze(1), 0), logits.shape[1])
+        logits = logits - margin * (onehot.permute(0, 3, 1, 2) * valid)
+    return F.cross_entropy(temperature * logits, target, weight=weight, ignore_index=IGNORE_INDEX)
+
+
 def train(
     args: argparse.Namespace, images: torch.Tensor, masks: torch.Tensor, val: tuple
 ) -> LipschitzSegNet:
     torch.manual_seed(args.seed)
     model = LipschitzSegNet(
-        len(STREET_CLASSES), width=args.width, depth=args.depth, factor=args.factor
+        len(STREET_CLASSES),
+        width=args.width,
+        depth=args.depth,
+        inner_depth=args.inner_depth,
+        factor=args.factor,
+        conv=conv_factory(args.conv),
     )
     opt = torch.optim.Adam(model.parameters(), lr=args.lr)
     steps_per_epoch = math.ceil(len(images) / args.batch_size)
@@ -126,6 +211,8 @@ def train(
         opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
     )
     order_gen = torch.Generator().manual_seed(args.seed)
+    weight = class_weights(masks, len(STREET_CLASSES), args.class_balance)
+    print("class weights", [round(w, 3) for w in weight.tolist()], flush=True)
     start = time.perf_counter()
     for epoch in range(args.epochs):
         model.train()
@@ -138,7 +225,7 @@ def train(
             x, y = random_crop(images[idx], masks[idx], args.crop, order_gen)
             x = torch.where(flip[:, None, None, None], x.flip(-1), x)
             y = torch.where(flip[:, None, None], y.flip(-1), y)
-            loss = F.cross_entropy(args.temperature * model(x), y, ignore_index=IGNORE_INDEX)
+            loss = margin_cross_entropy(model(x), y, args.temperature, args.margin, weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -22,11 +22,13 @@ from audit.nets.lipschitz import (
     MaxMin,
     conv_norm_upper_bound,
     lipschitz_upper_bound,
+    to_plain_conv,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACT = REPO / "audit" / "assets" / "demo_segnet.pt"
 SYNTHETIC = REPO / "audit" / "data" / "synthetic.py"
+SCRIPT = REPO / "scripts" / "train_demo_model.py"
 META_KEYS = {
     "name",
     "num_classes",
@@ -129,8 +131,11 @@ def test_traced_convs_have_norm_at_most_one(traced_convs) -> None:
 
 def test_metadata_constant_bounds_the_exported_weights(artifact) -> None:
     model, meta = artifact
-    product = math.prod(conv_norm_upper_bound(sub.weight) for sub in model.children()
-                        if sub.original_name == "Conv2d")
+    product = math.prod(
+        conv_norm_upper_bound(sub.weight)
+        for sub in model.children()
+        if sub.original_name == "Conv2d"
+    )
     assert product <= meta["lipschitz"]
 
 
@@ -197,11 +202,23 @@ def test_maxmin_is_a_pairwise_sort() -> None:
     assert MaxMin()(x).flatten().tolist() == [4.0, 5.0, 1.0, 2.0]
 
 
-def test_architecture_export_matches_and_is_bounded() -> None:
+def test_schur_bound_uses_the_adjoint_for_wide_to_narrow_layers() -> None:
+    # A row-orthogonal centre tap (4 outputs, 8 inputs) has norm exactly 1, but K^T K is only
+    # a projector: the bound must come from the adjoint's Gram, the identity.
+    rows = torch.linalg.qr(torch.randn(8, 4, generator=torch.Generator().manual_seed(5)))[0].T
+    weight = torch.zeros(4, 8, 3, 3)
+    weight[:, :, 1, 1] = rows
+    assert spectral_norm(weight, 6, 1) == pytest.approx(1.0, abs=1e-6)
+    assert conv_norm_upper_bound(weight) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("inner_depth", [0, 2, 3])
+def test_architecture_export_matches_and_is_bounded(inner_depth: int) -> None:
     torch.manual_seed(3)
-    net = LipschitzSegNet(num_classes=3, width=8, depth=3).eval()
-    for conv in [*net.hidden, net.head]:
-        nn.init.normal_(conv.kernel)
+    net = LipschitzSegNet(num_classes=3, width=8, depth=2, inner_depth=inner_depth).eval()
+    for layer in net.layers:
+        if isinstance(layer, AOLConv2d):
+            nn.init.normal_(layer.kernel)
     plain = net.export()
     x = torch.rand(2, 3, 16, 24)
     with torch.no_grad():
@@ -209,8 +226,29 @@ def test_architecture_export_matches_and_is_bounded() -> None:
         torch.testing.assert_close(plain(x), out)
     assert out.shape == (2, 3, 16, 24)
     bound, factors = lipschitz_upper_bound(plain)
-    assert len(factors) == 3
+    assert len(factors) == 3 + inner_depth
     assert bound <= 1 + 1e-6
+
+
+def test_orthogonium_layers_export_with_norm_one() -> None:
+    """The convolutions the training script builds with orthogonium (optional dependency)."""
+    pytest.importorskip("orthogonium")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    torch.manual_seed(4)
+    make = script.conv_factory("aoc")
+    for c_in, c_out in [(12, 8), (8, 8), (8, 16)]:
+        layer = make(c_in, c_out)
+        plain = to_plain_conv(layer)
+        x = torch.randn(2, c_in, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(plain(x), layer(x))
+        weight = plain.weight.detach()
+        assert spectral_norm(weight, 8, 1) <= 1 + 1e-4
+        assert conv_norm_upper_bound(weight) <= 1 + 1e-4
 
 
 def test_lipschitz_upper_bound_refuses_unknown_layers() -> None:

@@ -10,6 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from audit.data.cityscapes import CITYSCAPES_CLASSES
 from audit.errors import ConfigError, EvaluationError, ModelError
 from audit.model import ModelMetadata, check_finite, check_num_classes
 
@@ -155,27 +156,7 @@ def test_to_dict_from_mapping_round_trip(
     assert ModelMetadata.from_mapping(data, source=SOURCE) == meta
 
 
-CITYSCAPES = (
-    "road",
-    "sidewalk",
-    "building",
-    "wall",
-    "fence",
-    "pole",
-    "traffic light",
-    "traffic sign",
-    "vegetation",
-    "terrain",
-    "sky",
-    "person",
-    "rider",
-    "car",
-    "truck",
-    "bus",
-    "train",
-    "motorcycle",
-    "bicycle",
-)
+CITYSCAPES = CITYSCAPES_CLASSES
 
 
 def test_check_num_classes_names_model_dataset_and_counts() -> None:

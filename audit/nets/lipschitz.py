@@ -1,8 +1,11 @@
 """A small fully convolutional segmentation net that is 1-Lipschitz in L2 by construction.
 
-Architecture (``LipschitzSegNet``)::
+Architecture (``LipschitzSegNet``, details in its docstring)::
 
-    PixelUnshuffle(4) -> [AOLConv2d 3x3 -> MaxMin] x (depth - 1) -> AOLConv2d 3x3 -> PixelShuffle(4)
+    PixelUnshuffle(4) -> [conv 3x3 -> MaxMin] x n -> conv 3x3 -> PixelShuffle(4)
+
+optionally with a coarser level, PixelUnshuffle(2) -> [conv -> MaxMin] x m -> PixelShuffle(2),
+before the last conv.
 
 Every piece has L2 operator norm (or Lipschitz constant) at most 1, so the composition, from the
 input image to the whole logit map, is 1-Lipschitz:
@@ -44,7 +47,9 @@ computed from its materialised weights rather than taken on trust.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -138,18 +143,9 @@ class AOLConv2d(nn.Module):
         return conv
 
 
-def conv_norm_upper_bound(weight: torch.Tensor, *, iterations: int = 200) -> float:
-    """A provable upper bound of the L2 operator norm of a stride-1 zero-padded convolution.
-
-    Weighted Schur test in float64: ``sqrt(max_i (A q)_i / q_i)`` with ``A_ij = sum_t |(K^T *
-    K)_{ij}(t)|`` and any positive ``q``.  The bound holds for every positive ``q``; power
-    iteration on ``A`` only makes it tighter (towards the Perron root of ``A``), so its
-    convergence does not matter for soundness.  Valid for every input size, any zero padding
-    and any stride: each of those convolutions is a restriction of the one over the whole plane.
-    """
-    w = weight.detach().to(dtype=torch.float64, device="cpu")
-    a = kernel_autocorrelation(w).abs().sum(dim=(2, 3))
-    q = torch.ones(a.shape[0], dtype=torch.float64)
+def _schur_bound(weight: torch.Tensor, iterations: int) -> float:
+    a = kernel_autocorrelation(weight).abs().sum(dim=(2, 3))
+    q = torch.ones(a.shape[0], dtype=weight.dtype)
     for _ in range(iterations):
         nxt = a @ q
         norm = nxt.norm()
@@ -161,11 +157,88 @@ def conv_norm_upper_bound(weight: torch.Tensor, *, iterations: int = 200) -> flo
     return math.sqrt(float(ratio.max()))
 
 
+def conv_norm_upper_bound(weight: torch.Tensor, *, iterations: int = 200) -> float:
+    """A provable upper bound of the L2 operator norm of a zero-padded convolution.
+
+    Weighted Schur test in float64: ``sqrt(max_i (A q)_i / q_i)`` with ``A_ij = sum_t |(K^T *
+    K)_{ij}(t)|`` and any positive ``q``.  The bound holds for every positive ``q``; power
+    iteration on ``A`` only makes it tighter (towards the Perron root of ``A``), so its
+    convergence does not matter for soundness.  Valid for every input size, any zero padding
+    and any stride: each of those convolutions is a restriction of the one over the whole plane.
+
+    The test is also applied to the adjoint (the transposed convolution, kernel flipped, with
+    Gram ``K * K^T`` over output channels), which has the same norm, and the smaller of the two
+    bounds is returned: a row-orthogonal layer with fewer outputs than inputs has ``K * K^T``
+    equal to the identity but ``K^T * K`` only a projector, whose Schur bound is loose.
+    """
+    w = weight.detach().to(dtype=torch.float64, device="cpu")
+    adjoint = w.flip(-2, -1).transpose(0, 1)
+    return min(_schur_bound(w, iterations), _schur_bound(adjoint, iterations))
+
+
+#: builds a convolution with L2 operator norm <= 1 from (in_channels, out_channels)
+ConvFactory = Callable[[int, int], nn.Module]
+
+
+def to_plain_conv(layer: nn.Module) -> nn.Conv2d:
+    """Copy a constrained convolution's effective weight into a plain zero-padded ``nn.Conv2d``.
+
+    Accepts :class:`AOLConv2d` and any ``nn.Conv2d`` subclass whose ``weight`` attribute is the
+    effective (constrained) kernel, as with ``torch.nn.utils.parametrize`` layers such as
+    orthogonium's.  Only stride-1, undilated, ungrouped, zero-padded "same" layers qualify:
+    anything else would not compute the same function after the copy.
+    """
+    if isinstance(layer, AOLConv2d):
+        return layer.to_conv2d()
+    if not isinstance(layer, nn.Conv2d):
+        raise TypeError(f"cannot export {type(layer).__name__} as a plain convolution")
+    k_h, k_w = layer.kernel_size
+    same = layer.padding == "same" or tuple(layer.padding) == (k_h // 2, k_w // 2)
+    if (
+        k_h % 2 != 1
+        or k_w % 2 != 1
+        or not same
+        or layer.padding_mode != "zeros"
+        or layer.stride != (1, 1)
+        or layer.dilation != (1, 1)
+        or layer.groups != 1
+    ):
+        raise TypeError(f"only stride-1 zero-padded 'same' convolutions are exported: {layer}")
+    conv = nn.Conv2d(
+        layer.in_channels,
+        layer.out_channels,
+        (k_h, k_w),
+        padding=(k_h // 2, k_w // 2),
+        bias=layer.bias is not None,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(layer.weight)
+        if layer.bias is not None:
+            conv.bias.copy_(layer.bias)
+    return conv
+
+
 class LipschitzSegNet(nn.Module):
     """Trainable 1-Lipschitz segmentation net: image (N x 3 x H x W) -> logits (N x K x H x W).
 
-    H and W must be divisible by ``factor``.  ``export`` turns it into plain torch layers with
-    the constrained weights materialised.
+    Layout, every conv 3x3 and followed by ``MaxMin`` except the head::
+
+        PixelUnshuffle(factor)                      3 f^2 channels at 1/f resolution
+        depth convs, the first 3 f^2 -> width       at 1/f
+        if inner_depth:                             a coarser level for context:
+            PixelUnshuffle(2)                       4 width channels at 1/(2f)
+            inner_depth convs: 4w -> 2w ... 2w -> 4w
+            PixelShuffle(2)                         back to width channels at 1/f
+        head conv width -> num_classes f^2
+        PixelShuffle(factor)                        num_classes channels at full resolution
+
+    The pixel (un)shuffles are permutations, so the coarse level doubles the receptive field
+    growth per layer at the same cost without losing information or the 1-Lipschitz bound.
+    H and W must be divisible by ``factor`` (by ``2 * factor`` with an inner level).
+    ``conv`` builds each convolution and must return a zero-padded stride-1 layer with L2
+    operator norm at most 1 (default :class:`AOLConv2d`; the demo model's training script
+    passes orthogonium's orthogonal convolutions).  ``export`` turns the net into plain torch
+    layers with the constrained weights materialised.
     """
 
     def __init__(
@@ -174,38 +247,49 @@ class LipschitzSegNet(nn.Module):
         *,
         width: int = 64,
         depth: int = 6,
+        inner_depth: int = 0,
         factor: int = 4,
         in_channels: int = 3,
+        conv: ConvFactory = AOLConv2d,
     ) -> None:
         super().__init__()
         if width % 2 != 0:
             raise ValueError(f"width must be even for MaxMin, got {width}")
-        if depth < 2:
-            raise ValueError(f"depth must be at least 2, got {depth}")
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, got {depth}")
+        if inner_depth == 1:
+            raise ValueError("inner_depth must be 0 or at least 2 (one conv down, one up)")
         self.num_classes = num_classes
         self.factor = factor
-        self.unshuffle = nn.PixelUnshuffle(factor)
-        channels = [in_channels * factor * factor] + [width] * (depth - 1)
-        self.hidden = nn.ModuleList(
-            AOLConv2d(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:])
-        )
-        self.activation = MaxMin()
-        self.head = AOLConv2d(width, num_classes * factor * factor)
-        self.shuffle = nn.PixelShuffle(factor)
+        channels = [in_channels * factor * factor] + [width] * depth
+        layers: list[nn.Module] = [nn.PixelUnshuffle(factor)]
+        for c_in, c_out in itertools.pairwise(channels):
+            layers += [conv(c_in, c_out), MaxMin()]
+        if inner_depth:
+            inner = [4 * width] + [2 * width] * (inner_depth - 1) + [4 * width]
+            layers.append(nn.PixelUnshuffle(2))
+            for c_in, c_out in itertools.pairwise(inner):
+                layers += [conv(c_in, c_out), MaxMin()]
+            layers.append(nn.PixelShuffle(2))
+        layers += [conv(width, num_classes * factor * factor), nn.PixelShuffle(factor)]
+        self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.unshuffle(x)
-        for conv in self.hidden:
-            h = self.activation(conv(h))
-        return self.shuffle(self.head(h))
+        return self.layers(x)
 
     def export(self) -> nn.Sequential:
         """Plain ``nn.Sequential`` computing the same function, with effective conv weights."""
-        layers: list[nn.Module] = [nn.PixelUnshuffle(self.factor)]
-        for conv in self.hidden:
-            layers += [conv.to_conv2d(), MaxMin()]
-        layers += [self.head.to_conv2d(), nn.PixelShuffle(self.factor)]
-        return nn.Sequential(*layers).eval()
+        plain: list[nn.Module] = []
+        for layer in self.layers:
+            if isinstance(layer, nn.PixelUnshuffle):
+                plain.append(nn.PixelUnshuffle(layer.downscale_factor))
+            elif isinstance(layer, nn.PixelShuffle):
+                plain.append(nn.PixelShuffle(layer.upscale_factor))
+            elif isinstance(layer, MaxMin):
+                plain.append(MaxMin())
+            else:
+                plain.append(to_plain_conv(layer))
+        return nn.Sequential(*plain).eval()
 
 
 def lipschitz_upper_bound(model: nn.Module) -> tuple[float, list[float]]:
