@@ -20,5 +20,5 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "${venv_flags[@]}" "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "${constraints[@]}" -e '.[attacks,dev]'
+"$VENV/bin/python" -m pip install --quiet "${constraints[@]}" -e '.[attacks,dev,train]'
 "$VENV/bin/python" -c "import torch; print('setup: torch', torch.__version__, 'ready in $VENV')"

@@ -9,6 +9,7 @@ from audit.nets.lipschitz import (
     aol_scale,
     conv_norm_upper_bound,
     lipschitz_upper_bound,
+    to_plain_conv,
 )
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "aol_scale",
     "conv_norm_upper_bound",
     "lipschitz_upper_bound",
+    "to_plain_conv",
 ]
