@@ -30,6 +30,11 @@ min = 0.99
 """
 
 
+def audit_args(model: Path, suite: str = "gate.toml") -> list[str]:
+    """Options auditing ``model`` with ``suite`` on the tiny synthetic data."""
+    return ["--audit", str(model), "--audit-suite", suite, "--audit-data", TINY_DATA]
+
+
 def results(pytester: pytest.Pytester) -> dict:
     return json.loads((pytester.path / "audit-report" / "results.json").read_text())
 
@@ -38,9 +43,7 @@ def test_passing_and_failing_claims_exit_1_with_a_sentence(
     pytester: pytest.Pytester, run_audit, tiny_model: Path
 ) -> None:
     pytester.makefile(".toml", gate=PASS_AND_FAIL)
-    result = run_audit(
-        "--audit", str(tiny_model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA, "-rA"
-    )
+    result = run_audit(*audit_args(tiny_model), "-rA")
     result.assert_outcomes(passed=1, failed=1)
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     result.stdout.fnmatch_lines(
@@ -73,12 +76,7 @@ def test_keyword_selection_runs_and_records_only_selected_claims(
 ) -> None:
     pytester.makefile(".toml", gate=PASS_AND_FAIL)
     result = run_audit(
-        "--audit",
-        str(tiny_model),
-        "--audit-suite",
-        "gate.toml",
-        "--audit-data",
-        TINY_DATA,
+        *audit_args(tiny_model),
         "-k",
         "floor",
     )
@@ -132,7 +130,7 @@ def test_wrong_number_of_classes_names_model_and_dataset(
     model = save_torchscript(ColourNet(num_classes=5), pytester.path / "five.pt")
     pytester.makefile(".toml", gate=PASS_AND_FAIL)
     result = run_audit(
-        "--audit", str(model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
+        *audit_args(model),
     )
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(
@@ -146,7 +144,7 @@ def test_nan_logits_name_the_sample_and_keep_the_report(
     model = save_torchscript(NaNNet(), pytester.path / "nan.pt")
     pytester.makefile(".toml", gate=PASS_AND_FAIL)
     result = run_audit(
-        "--audit", str(model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
+        *audit_args(model),
     )
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*NaN or Inf logits*synthetic-000000*"])
@@ -176,12 +174,7 @@ def test_expensive_work_happens_once_per_session(
         """
     )
     result = run_audit(
-        "--audit",
-        str(tiny_model),
-        "--audit-suite",
-        "gate.toml",
-        "--audit-data",
-        TINY_DATA,
+        *audit_args(tiny_model),
         "--audit-batch-size",
         "2",
         "-s",
@@ -198,9 +191,7 @@ def test_exitfirst_marks_the_record_incomplete(
         "[[claims]]"
     )[1].replace('"accuracy-floor"', '"z-last"').join(["[[claims]]", ""])
     pytester.makefile(".toml", gate=suite.replace('id = "miou-high"', 'id = "b-fails"'))
-    result = run_audit(
-        "--audit", str(tiny_model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA, "-x"
-    )
+    result = run_audit(*audit_args(tiny_model), "-x")
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     record = results(pytester)
     assert record["complete"] is False
@@ -212,12 +203,7 @@ def test_junitxml_carries_measured_value_and_threshold(
 ) -> None:
     pytester.makefile(".toml", gate=PASS_AND_FAIL)
     run_audit(
-        "--audit",
-        str(tiny_model),
-        "--audit-suite",
-        "gate.toml",
-        "--audit-data",
-        TINY_DATA,
+        *audit_args(tiny_model),
         "--junitxml",
         "junit.xml",
     )
@@ -236,12 +222,7 @@ def test_last_failed_reruns_only_the_failing_claim(
     args = [
         "-p",
         "audit.plugin",
-        "--audit",
-        str(tiny_model),
-        "--audit-suite",
-        "gate.toml",
-        "--audit-data",
-        TINY_DATA,
+        *audit_args(tiny_model),
     ]
     pytester.runpytest(*args).assert_outcomes(passed=1, failed=1)
     again = pytester.runpytest(*args, "--lf")
@@ -275,7 +256,9 @@ def test_audit_only_skips_test_files_and_users_tests_run_otherwise(
     pytester.makepyfile(
         "def test_uses_engine(audit_engine):\n    assert audit_engine.clean().num_samples == 4\n"
     )
-    common = ["--audit", str(tiny_model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA]
+    common = [
+        *audit_args(tiny_model),
+    ]
     run_audit(*common).assert_outcomes(passed=2, failed=1)
     run_audit(*common, "--audit-only").assert_outcomes(passed=1, failed=1)
 
@@ -302,7 +285,5 @@ def test_new_claim_kind_is_a_module_not_a_plugin_edit(
         """
     )
     pytester.makefile(".toml", custom='[[claims]]\nid = "n"\nkind = "image_count"\nmin = 4\n')
-    result = run_audit(
-        "--audit", str(tiny_model), "--audit-suite", "custom.toml", "--audit-data", TINY_DATA
-    )
+    result = run_audit(*audit_args(tiny_model, "custom.toml"))
     result.assert_outcomes(passed=1)
