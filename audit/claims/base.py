@@ -19,7 +19,6 @@ from audit.errors import ConfigError
 
 if TYPE_CHECKING:
     from audit.engine import Engine
-
     from audit.metrics import Interval
 
 #: keys every claim may carry, whatever its kind
