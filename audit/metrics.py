@@ -8,7 +8,6 @@ and VOC report; the report says so next to each number.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -207,10 +206,3 @@ def bootstrap_interval(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return Interval(float(low), float(high), confidence, n_resamples)
-
-
-def format_value(value: float | None) -> str:
-    """Three decimals, or ``n/a`` for a missing or NaN value."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    return f"{value:.3f}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
 NORMS = ("linf", "l2")
@@ -74,14 +73,6 @@ def parse_epsilon(raw: Any) -> Epsilon:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"epsilon must be a finite number >= 0, got {raw!r}")
     return Epsilon(value=value, text=text)
-
-
-def as_fraction_of_255(value: float) -> str:
-    """0.0156862... -> ``4/255`` when it is one, for display of computed epsilons."""
-    frac = Fraction(value * 255).limit_denominator(8)
-    if abs(float(frac) / 255 - value) < 1e-9:
-        return f"{float(frac):g}/255"
-    return f"{value:g}"
 
 
 def parse_norm(raw: Any) -> str:

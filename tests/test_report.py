@@ -410,31 +410,26 @@ def test_render_report_uses_given_results_and_is_deterministic(report_dir: Path)
     assert first == second
 
 
-def test_command_line_rerenders_index(report_dir: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    done = subprocess.run(
+def _rerender(report_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "audit.report", str(report_dir)],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         cwd=REPO_ROOT,
         timeout=60,
         check=False,
     )
+
+
+def test_command_line_rerenders_index(report_dir: Path) -> None:
+    done = _rerender(report_dir)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(report_dir / "index.html")
     assert "smoke::clean-miou" in (report_dir / "index.html").read_text(encoding="utf-8")
 
     (report_dir / "results.json").write_text('{"schema_version": 99}', encoding="utf-8")
-    failed = subprocess.run(
-        [sys.executable, "-m", "audit.report", str(report_dir)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=60,
-        check=False,
-    )
+    failed = _rerender(report_dir)
     assert failed.returncode == 1
     assert "schema_version 99" in failed.stderr and "Traceback" not in failed.stderr
 
