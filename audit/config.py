@@ -44,6 +44,9 @@ class Settings:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     examples: int = 4
+    #: claim selector -> replacement threshold ({"min": x} and/or {"max": y}); a selector is
+    #: an item's node id, ``suite::id`` of a sweep's claim, or a bare claim id
+    thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
     base_dir: Path = Path(".")
     invocation_dir: Path = Path(".")
     #: where each setting came from, for error messages: key -> "command line" / file path
@@ -76,6 +79,7 @@ FILE_KEYS: dict[str, str] = {
     "bootstrap_resamples": "bootstrap_resamples",
     "confidence": "confidence",
     "examples": "examples",
+    "thresholds": "thresholds",
 }
 
 
@@ -132,7 +136,59 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise _type_error(source, key, "a table of model metadata", value)
         return dict(value)
+    if key == "thresholds":
+        return parse_thresholds(value, source)
     raise AssertionError(f"unhandled setting {key}")  # FILE_KEYS and _coerce out of sync
+
+
+def _threshold_number(value: Any, source: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise _type_error(source, key, "a number", value)
+    return float(value)
+
+
+def parse_thresholds(value: Any, source: str) -> dict[str, dict[str, float]]:
+    """``{selector: number}`` (a new ``min``) or ``{selector: {min = .., max = ..}}``.
+
+    On the command line each ``--audit-threshold`` is ``SELECTOR=VALUE`` (a new min) or
+    ``SELECTOR=max:VALUE``; they arrive here as a list of such strings.
+    """
+    if isinstance(value, list | tuple):
+        table: dict[str, Any] = {}
+        for item in value:
+            selector, sep, raw = str(item).partition("=")
+            bound, _, number = raw.rpartition(":")
+            if not sep or not selector.strip() or bound not in ("", "min", "max"):
+                raise ConfigError(
+                    f"expected SELECTOR=VALUE or SELECTOR=max:VALUE, got {item!r}",
+                    source=source,
+                    key="thresholds",
+                )
+            try:
+                parsed = float(number)
+            except ValueError:
+                raise ConfigError(
+                    f"{item!r}: {number!r} is not a number", source=source, key="thresholds"
+                ) from None
+            table.setdefault(selector.strip(), {})[bound or "min"] = parsed
+        value = table
+    if not isinstance(value, Mapping):
+        raise _type_error(source, "thresholds", "a table of claim selector = threshold", value)
+    out: dict[str, dict[str, float]] = {}
+    for selector, spec in value.items():
+        key = f"thresholds.{selector}"
+        if isinstance(spec, Mapping):
+            unknown = set(spec) - {"min", "max"}
+            if unknown or not spec:
+                raise ConfigError(
+                    f"expected a table with min and/or max, got keys {sorted(spec)}",
+                    source=source,
+                    key=key,
+                )
+            out[selector] = {b: _threshold_number(v, source, key) for b, v in spec.items()}
+        else:
+            out[selector] = {"min": _threshold_number(spec, source, key)}
+    return out
 
 
 def settings_from_mapping(data: Mapping[str, Any], *, source: str) -> dict[str, Any]:
@@ -197,7 +253,11 @@ def resolve_settings(
         if value is None or (key == "suites" and not value):
             continue
         file_key = next(k for k, f in FILE_KEYS.items() if f == key)
-        values[key] = _coerce(file_key, value, "command line")
+        coerced = _coerce(file_key, value, "command line")
+        if key == "thresholds":
+            # per selector: the command line wins, the files' other selectors stay
+            coerced = {**values.get("thresholds", {}), **coerced}
+        values[key] = coerced
         sources[key] = "command line"
 
     settings = replace(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -18,8 +18,10 @@ import torch
 
 from audit import metrics
 from audit.errors import ConfigError, EvaluationError
+from audit.threat import ThreatModel
 
 if TYPE_CHECKING:
+    from audit.adversarial import AttackEvaluation, MinNormEvaluation
     from audit.claims.base import ClaimSpec
     from audit.data.base import SegmentationDataset
     from audit.model import LoadedModel
@@ -113,6 +115,7 @@ class Engine:
         bootstrap_resamples: int = 1000,
         confidence: float = 0.95,
         examples: int = 4,
+        attack_examples: int = 3,
     ) -> None:
         self.model = model
         self.dataset = dataset
@@ -123,8 +126,12 @@ class Engine:
         self.bootstrap_resamples = bootstrap_resamples
         self.confidence = confidence
         self.max_examples = examples
+        self.attack_examples = min(attack_examples, examples)
         self.forward_passes = 0
         self._cache: dict[str, Any] = {}
+        #: successful adversarial evaluations by cache key, in the order they were computed
+        self.attack_evaluations: dict[str, AttackEvaluation] = {}
+        self.min_norm_evaluations: dict[str, MinNormEvaluation] = {}
         self._classes_checked = False
         self.module = model.module.to(self.device)
 
@@ -213,6 +220,25 @@ class Engine:
         check_finite(logits, names or tuple(f"batch item {i}" for i in range(len(logits))))
         return logits
 
+    def attack_forward(
+        self, on_backward: Callable[[torch.Tensor], None]
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The model as attacks see it: counted forward passes, counted backward passes.
+
+        No class-count or finiteness check here: a non-finite logit inside an attack shows up
+        as a non-finite gradient (a diagnostic), and the final adversarial forward pass goes
+        through :meth:`forward`, which raises naming the sample.
+        """
+
+        def model(images: torch.Tensor) -> torch.Tensor:
+            self.forward_passes += 1
+            logits = self.module(images).float()
+            if logits.requires_grad:
+                logits.register_hook(on_backward)
+            return logits
+
+        return model
+
     # -- evaluations --------------------------------------------------------------------
     def clean(self) -> CleanEvaluation:
         """Clean predictions over the dataset slice, computed once."""
@@ -240,6 +266,88 @@ class Engine:
             raise EvaluationError(f"dataset {self.dataset.kind!r} has no samples to evaluate")
         return CleanEvaluation(torch.cat(per_image), tuple(names), tuple(sizes), tuple(examples))
 
+    def attack(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        threat: ThreatModel,
+        *,
+        sweep: Sequence[ThreatModel] = (),
+    ) -> AttackEvaluation:
+        """``name`` at ``threat`` over the dataset slice, computed once per key.
+
+        Attacks that share a sweep's work (the single-step family: one gradient serves every
+        epsilon) compute all of ``sweep`` that is not cached yet in the same pass.
+        """
+        from audit.adversarial import run_attack
+        from audit.attacks import build_attack
+
+        attack = build_attack(name, params)
+        # The attack's own parameters, defaults filled in: claims that spell the same attack
+        # differently (steps given or defaulted) share one computation.
+        canonical = {k: attack.params[k] for k in sorted(attack.params)}
+
+        def parts(t: ThreatModel) -> dict[str, Any]:
+            return self.key_parts(
+                "attack", attack=name, params=canonical, norm=t.norm, eps=t.eps.value
+            )
+
+        if not self.is_cached(parts(threat)) and attack.shares_grid:
+            todo = [threat] + [
+                t
+                for t in sweep
+                if t != threat and t.norm == threat.norm and not self.is_cached(parts(t))
+            ]
+            if len(todo) > 1:
+                try:
+                    results = run_attack(self, attack, name, todo)
+                except Exception as exc:
+                    self._cache[cache_key(parts(threat))] = exc
+                    raise
+                for t, result in zip(todo, results, strict=True):
+                    self._store_attack(parts(t), result)
+        result = self.cached(parts(threat), lambda: run_attack(self, attack, name, [threat])[0])
+        self.attack_evaluations.setdefault(cache_key(parts(threat)), result)
+        return result
+
+    def _store_attack(self, parts: Mapping[str, Any], result: AttackEvaluation) -> None:
+        key = cache_key(parts)
+        self._cache[key] = result
+        self.attack_evaluations[key] = result
+
+    def noise(self, threat: ThreatModel) -> AttackEvaluation:
+        """Random noise of the same norm and size: the baseline an attack must beat."""
+        return self.attack("noise", {}, threat)
+
+    def min_norm(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        norm: str,
+        *,
+        radius_steps: int = 32,
+        adv_threshold: float = 0.99,
+    ) -> MinNormEvaluation:
+        """A minimal-norm attack's per-image and per-pixel radii, computed once per key."""
+        from audit.adversarial import run_min_norm
+        from audit.attacks import build_min_norm_attack
+
+        attack = build_min_norm_attack(name, params)
+        canonical = {k: attack.params[k] for k in sorted(attack.params)}
+        parts = self.key_parts(
+            "min_norm",
+            attack=name,
+            params=canonical,
+            norm=norm,
+            radius_steps=radius_steps,
+            adv_threshold=adv_threshold,
+        )
+        result = self.cached(
+            parts, lambda: run_min_norm(self, attack, name, norm, radius_steps, adv_threshold)
+        )
+        self.min_norm_evaluations.setdefault(cache_key(parts), result)
+        return result
+
     def score(
         self, per_image: torch.Tensor, metric: str, *, claim: ClaimSpec | None = None
     ) -> tuple[float, metrics.Interval | None]:
@@ -249,6 +357,12 @@ class Engine:
         except KeyError as exc:
             where = f"{claim.source}, claim {claim.id!r}, key 'metric': " if claim else ""
             raise ConfigError(f"{where}{exc.args[0]}") from None
+        return self.score_state(per_image, fn)
+
+    def score_state(
+        self, per_image: torch.Tensor, fn: metrics.MetricFn
+    ) -> tuple[float, metrics.Interval | None]:
+        """``fn`` of the summed per-image state, and its bootstrap interval over images."""
         value = float(fn(per_image.sum(0)))
         interval = metrics.bootstrap_interval(
             per_image,

@@ -51,3 +51,7 @@ class DataError(SegAuditError):
 
 class EvaluationError(SegAuditError):
     """Evaluation produced something unusable (NaN logits, wrong shapes)."""
+
+
+class AttackUnavailable(EvaluationError):
+    """An attack's library is not installed or cannot run this attack: fails one claim only."""

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from audit.adversarial import AdversarialExample
 from audit.engine import Example
 
 #: colour of ignored pixels in drawn masks
@@ -50,5 +51,39 @@ def write_examples(
         for key, (filename, array) in files.items():
             Image.fromarray(array).save(folder / filename, optimize=True)
             entry[key] = f"examples/{filename}"
+        entries.append(entry)
+    return entries
+
+
+def write_adversarial_examples(
+    report_dir: Path,
+    evaluation_id: str,
+    examples: Sequence[AdversarialExample],
+    *,
+    palette: Sequence[Sequence[int]],
+    ignore_index: int,
+) -> list[dict[str, Any]]:
+    """Write each attacked example's six images under ``report_dir/attacks/<id>``."""
+    folder = report_dir / "attacks" / evaluation_id
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, ex in enumerate(examples):
+        files = {
+            "image": ("image", ex.image),
+            "adversarial": ("adv", ex.adversarial),
+            "perturbation": ("delta", ex.perturbation),
+            "ground_truth": ("gt", colorize(ex.mask, palette, ignore_index)),
+            "prediction_clean": ("pred", colorize(ex.prediction_clean, palette, ignore_index)),
+            "prediction_adv": ("pred-adv", colorize(ex.prediction_adv, palette, ignore_index)),
+        }
+        entry: dict[str, Any] = {
+            "name": ex.name,
+            "pixel_accuracy_clean": ex.pixel_accuracy_clean,
+            "pixel_accuracy_adv": ex.pixel_accuracy_adv,
+        }
+        for key, (suffix, array) in files.items():
+            filename = f"{i}-{suffix}.png"
+            Image.fromarray(array).save(folder / filename, optimize=True)
+            entry[key] = f"attacks/{evaluation_id}/{filename}"
         entries.append(entry)
     return entries

@@ -111,6 +111,24 @@ def _scalar(value: np.ndarray | float) -> float | np.ndarray:
 MetricFn = Callable[[np.ndarray], "float | np.ndarray"]
 
 
+def iou_ratio(paired: torch.Tensor | np.ndarray) -> float | np.ndarray:
+    """Arnab et al.'s IoU ratio from ``[..., 2, K, K]`` (clean, attacked) confusion matrices:
+    mIoU under attack over clean mIoU."""
+    m = _as_float(paired)
+    clean, attacked = miou(m[..., 0, :, :]), miou(m[..., 1, :, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _scalar(np.where(np.asarray(clean) > 0, attacked / np.asarray(clean), np.nan))
+
+
+def ratio_of_sums(counts: torch.Tensor | np.ndarray) -> float | np.ndarray:
+    """``[..., 2]`` (numerator, denominator) counts -> numerator / denominator."""
+    m = _as_float(counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _scalar(
+            np.where(m[..., 1] > 0, m[..., 0] / np.where(m[..., 1] > 0, m[..., 1], 1), np.nan)
+        )
+
+
 def metric_function(name: str, class_names: Sequence[str]) -> MetricFn:
     """Map a metric name (``miou``, ``pixel_accuracy``, ``mean_class_accuracy``,
     ``class_iou:<class>``) to a function of a confusion matrix (or a stack of them)."""
@@ -183,6 +201,10 @@ def bootstrap_interval(
 ) -> Interval | None:
     """Percentile bootstrap over images of a dataset-level metric.
 
+    ``per_image`` holds one additive state per image along its first axis (usually an
+    ``N x K x K`` stack of confusion matrices); ``metric`` maps a summed state, or a stack
+    of them, to the score.
+
     Each resample draws N images with replacement and sums their confusion matrices, so the
     interval describes the same dataset-level aggregation as the point estimate.  Returns
     ``None`` for fewer than two images, where resampling says nothing.
@@ -197,8 +219,9 @@ def bootstrap_interval(
     # Multinomial counts per resample are equivalent to drawing indices with replacement,
     # and turn the resampled sums into one matrix product.
     counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.float64)
-    k = stack.shape[-1]
-    resampled = (counts @ stack.reshape(n, k * k)).reshape(n_resamples, k, k)
+    # Any additive per-image state works (confusion matrices, paired clean/attacked
+    # matrices, counts): resampling sums it, ``metric`` reduces each resampled sum.
+    resampled = (counts @ stack.reshape(n, -1)).reshape(n_resamples, *stack.shape[1:])
     values = np.asarray(metric(resampled), dtype=np.float64)
     values = values[~np.isnan(values)]
     if values.size == 0:

@@ -103,6 +103,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="allow loading a fully pickled model; this executes code from the file",
     )
     group.addoption(
+        "--audit-threshold",
+        dest="segaudit_thresholds",
+        action="append",
+        default=[],
+        metavar="SELECTOR=VALUE",
+        help="replace a claim's threshold: 'ifgsm=0.3' sets min, 'ifgsm=max:0.2' sets max; "
+        "SELECTOR is a claim id, suite::id, or one sweep item's node id; repeatable",
+    )
+    group.addoption(
         "--audit-only",
         dest=OPT_ONLY,
         action="store_true",
@@ -155,6 +164,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "factory": opt("segaudit_factory"),
             "trust_pickle": opt("segaudit_trust_pickle"),
             "metadata": _read_metadata_file(opt("segaudit_metadata"), invocation_dir),
+            "thresholds": opt("segaudit_thresholds") or None,
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
     except ConfigError as exc:

@@ -64,6 +64,8 @@ class RunRecorder:
         self.suites: list[dict[str, Any]] = []
         self.claims: dict[str, dict[str, Any]] = {}
         self.evaluations: dict[str, Any] = {}
+        #: findings that question the strength of the evaluation (audit.diagnostics)
+        self.diagnostics: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
         self.finished = False
 
@@ -140,6 +142,7 @@ class RunRecorder:
             "errors": self.errors,
             "claims": list(self.claims.values()),
             "evaluations": self.evaluations,
+            "diagnostics": self.diagnostics,
         }
 
     def write(self, report_dir: Path, *, complete: bool) -> Path:

@@ -21,7 +21,7 @@ from audit.claims import ClaimSpec, Verdict, get_kind, judge
 from audit.config import Settings
 from audit.errors import ModelError, SegAuditError
 from audit.results import RunRecorder, finite_or_none, now_iso
-from audit.suite import Suite, load_suite
+from audit.suite import Suite, load_suite, override_thresholds
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -71,6 +71,7 @@ class AuditSession:
     # -- suites -------------------------------------------------------------------------
     def load_suite(self, ref: str) -> Suite:
         suite = load_suite(ref, base_dir=self.settings.base_for("suites"))
+        suite = override_thresholds(suite, self.settings.thresholds)
         if any(s.name == suite.name and s.path != suite.path for s in self.suites):
             raise SegAuditError(
                 f"two suites are named {suite.name!r} ({suite.path} and another): node ids "
@@ -208,6 +209,7 @@ class AuditSession:
         if self.engine_ready:
             # An interrupted run reports what it has, but starts no new computation.
             self._record_clean_evaluation(report_dir, compute=complete)
+            self._record_attack_evaluations(report_dir, compute=complete)
         self.recorder.finished = True
         self.recorder.provenance["finished_at"] = now_iso()
         results = self.recorder.write(report_dir, complete=complete)
@@ -267,6 +269,122 @@ class AuditSession:
         self.recorder.provenance.setdefault("dataset", {})["resolution"] = (
             list(clean.resolution) if clean.resolution else None
         )
+
+    def _record_attack_evaluations(self, report_dir: Path, *, compute: bool) -> None:
+        """Summaries of every attack and minimal-norm evaluation, their worst examples, and
+        the gradient-masking diagnostics computed from them."""
+        from audit.diagnostics import attack_diagnostics
+
+        engine = self.engine
+        evaluations = [e for e in engine.attack_evaluations.values() if e.family != "random"]
+        if not evaluations and not engine.min_norm_evaluations:
+            return
+        clean_miou = None
+        if engine.is_cached(engine.key_parts("clean")) or compute:
+            with contextlib.suppress(SegAuditError):
+                clean_miou = engine.score(engine.clean().per_image, "miou")[0]
+        entries = [
+            self._attack_entry(e, report_dir, clean_miou, compute=compute) for e in evaluations
+        ]
+        self.recorder.evaluations["attacks"] = entries
+        self.recorder.diagnostics = attack_diagnostics(entries)
+        if engine.min_norm_evaluations:
+            self.recorder.evaluations["min_norm"] = [
+                _min_norm_entry(e) for e in engine.min_norm_evaluations.values()
+            ]
+
+    def _attack_entry(
+        self, ev: Any, report_dir: Path, clean_miou: float | None, *, compute: bool
+    ) -> dict[str, Any]:
+        from audit.examples import write_adversarial_examples
+
+        engine = self.engine
+        scores = {
+            name: finite_or_none(engine.score(ev.per_image, name)[0])
+            for name in ("miou", "pixel_accuracy", "mean_class_accuracy")
+        }
+        noise = None
+        noise_parts = engine.key_parts(
+            "attack", attack="noise", params={}, norm=ev.threat.norm, eps=ev.threat.eps.value
+        )
+        if compute or engine.is_cached(noise_parts):
+            with contextlib.suppress(SegAuditError):
+                baseline = engine.noise(ev.threat)
+                noise = {
+                    "miou": finite_or_none(engine.score(baseline.per_image, "miou")[0]),
+                    "success_rate": finite_or_none(baseline.success_rate),
+                }
+        ratio = None
+        if clean_miou and scores["miou"] is not None:
+            ratio = scores["miou"] / clean_miou
+        return {
+            "id": ev.id,
+            "attack": ev.attack,
+            "library": ev.library,
+            "family": ev.family,
+            "params": ev.params,
+            **ev.threat.to_dict(),
+            "resolution": list(ev.resolution) if ev.resolution else None,
+            "num_samples": ev.num_samples,
+            "metrics": scores,
+            "clean_miou": finite_or_none(clean_miou),
+            "iou_ratio": finite_or_none(ratio),
+            "success_rate": finite_or_none(ev.success_rate),
+            "noise": noise,
+            "perturbation": {
+                "linf_max": float(ev.linf.max()),
+                "l2_mean": float(ev.l2.mean()),
+                "l2_max": float(ev.l2.max()),
+            },
+            "gradients": ev.gradients.to_dict(),
+            "forward_passes": ev.forward_passes,
+            "backward_passes": ev.backward_passes,
+            "shared_by": ev.shared_by,
+            "seconds": round(ev.seconds, 4),
+            "examples": write_adversarial_examples(
+                report_dir,
+                ev.id,
+                ev.examples,
+                palette=engine.dataset.palette,
+                ignore_index=engine.ignore_index,
+            ),
+        }
+
+
+def _min_norm_entry(ev: Any) -> dict[str, Any]:
+    import numpy as np
+
+    def summary(values: Any) -> dict[str, Any]:
+        array = values.numpy()
+        finite = np.isfinite(array)
+        quantiles = {
+            str(q): finite_or_none(float(np.quantile(array, q, method="inverted_cdf")))
+            if array.size
+            else None
+            for q in (0.1, 0.25, 0.5, 0.75, 0.9)
+        }
+        return {
+            "median": quantiles["0.5"],
+            "quantiles": quantiles,
+            "finite_fraction": float(finite.mean()) if array.size else None,
+            "count": int(array.size),
+        }
+
+    image = summary(ev.image_radius)
+    image["values"] = [finite_or_none(float(v)) for v in ev.image_radius.tolist()]
+    return {
+        "id": ev.id,
+        "attack": ev.attack,
+        "params": ev.params,
+        "norm": ev.norm,
+        "num_samples": ev.num_samples,
+        "image_radius": image,
+        "pixel_radius": summary(ev.pixel_radius),
+        "reached": int(ev.reached.sum()),
+        "forward_passes": ev.forward_passes,
+        "backward_passes": ev.backward_passes,
+        "seconds": round(ev.seconds, 4),
+    }
 
 
 def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dict[str, Any]:

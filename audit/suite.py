@@ -10,7 +10,7 @@ import math
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -190,3 +190,30 @@ def parse_suite(data: Mapping[str, Any], *, path: Path) -> Suite:
             seen[spec.id] = index
             claims.append(spec)
     return Suite(name, description, path, tuple(claims), dict(model))
+
+
+def override_thresholds(suite: Suite, thresholds: Mapping[str, Mapping[str, float]]) -> Suite:
+    """The suite with thresholds replaced as the settings say (``thresholds`` setting).
+
+    For each claim the most specific selector wins: the item's node id
+    (``arnab2018::ifgsm[linf-4/255]``), then the claim's ``suite::id`` (every item of a
+    sweep), then the bare id with or without the sweep suffix.  An override states the whole
+    requirement: bounds it does not give are dropped.
+    """
+    if not thresholds:
+        return suite
+    claims = []
+    for spec in suite.claims:
+        base = spec.id.split("[", 1)[0]
+        for selector in (spec.nodeid, f"{spec.suite}::{base}", spec.id, base):
+            bounds = thresholds.get(selector)
+            if bounds is not None:
+                low, high = bounds.get("min"), bounds.get("max")
+                if low is not None and high is not None and low > high:
+                    raise ConfigError(
+                        f"min {low:g} exceeds max {high:g}", source="thresholds", key=selector
+                    )
+                spec = replace(spec, threshold=Threshold(min=low, max=high))
+                break
+        claims.append(spec)
+    return replace(suite, claims=tuple(claims))

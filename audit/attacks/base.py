@@ -29,8 +29,9 @@ class AttackContext:
     ignore_index: int | None
     num_classes: int
     generator: torch.Generator
-    #: called once per forward+backward pass, so the engine can count them
-    on_gradient: Callable[[], None] = lambda: None
+    #: called with each input gradient a native attack computes, so the engine can watch
+    #: for zero or non-finite gradients (signs of gradient masking)
+    on_gradient: Callable[[torch.Tensor], None] = lambda grad: None
 
 
 class Attack(ABC):
@@ -38,6 +39,12 @@ class Attack(ABC):
 
     name: ClassVar[str]
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2")
+    #: "single_step", "iterative", "min_norm" or "random": what the diagnostics compare
+    family: ClassVar[str] = "iterative"
+    #: where the implementation comes from: "native", "torchattacks", "foolbox", "advlib"
+    library: ClassVar[str] = "native"
+    #: whether :meth:`grid` computes a whole epsilon sweep at the cost of one epsilon
+    shares_grid: ClassVar[bool] = False
     #: keyword parameters the attack accepts, with defaults
     defaults: ClassVar[Mapping[str, Any]] = {}
 
@@ -68,6 +75,16 @@ class Attack(ABC):
         adv = self.run(images, labels, threat=threat, ctx=ctx)
         return project(adv.detach(), images, threat)
 
+    def grid(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        threats: list[ThreatModel],
+        ctx: AttackContext,
+    ) -> list[torch.Tensor]:
+        """Adversarial images for each threat of a sweep (attacks that can, share the work)."""
+        return [self(images, labels, threat=t, ctx=ctx) for t in threats]
+
     @abstractmethod
     def run(
         self,
@@ -93,7 +110,7 @@ def input_gradient(
         logits = ctx.model(x)
         value = loss(logits, labels).sum()
         (grad,) = torch.autograd.grad(value, x)
-    ctx.on_gradient()
+    ctx.on_gradient(grad)
     return grad.detach(), logits.detach()
 
 
@@ -133,3 +150,61 @@ def random_start(images: torch.Tensor, threat: ThreatModel, gen: torch.Generator
 
 def ce(ctx: AttackContext) -> LossFn:
     return lambda logits, labels: losses.ce_loss(logits, labels, ctx.ignore_index)
+
+
+class MinNormAttack(ABC):
+    """An attack that searches the smallest perturbation flipping most pixels (no budget).
+
+    ``__call__`` returns adversarial images in [0, 1]; the norm of ``adv - images`` per image
+    is the attack's empirical radius, and :func:`audit.attacks.radius.pixel_radii` turns the
+    path from ``images`` to ``adv`` into per-pixel radii.
+    """
+
+    name: ClassVar[str]
+    norms: ClassVar[tuple[str, ...]] = ("l2",)
+    family: ClassVar[str] = "min_norm"
+    library: ClassVar[str] = "native"
+    defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise TypeError(
+                f"attack {self.name!r} got unknown parameter(s) {', '.join(sorted(unknown))}; "
+                f"accepted: {', '.join(self.defaults) or 'none'}"
+            )
+        self.params = {**self.defaults, **params}
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, *, norm: str, ctx: AttackContext
+    ) -> torch.Tensor:
+        if norm not in self.norms:
+            raise ValueError(f"attack {self.name!r} minimises {', '.join(self.norms)}, not {norm}")
+        images = images.detach()
+        return self.run(images, labels, norm=norm, ctx=ctx).detach().clamp(0.0, 1.0)
+
+    @abstractmethod
+    def run(
+        self, images: torch.Tensor, labels: torch.Tensor, *, norm: str, ctx: AttackContext
+    ) -> torch.Tensor:
+        """Return adversarial images; the base class clips them into [0, 1]."""
+
+
+class CallableModule(torch.nn.Module):
+    """``ctx.model`` as an ``nn.Module`` for libraries that insist on one.
+
+    It owns no parameters (so a library that calls ``model.train()``, ``requires_grad_`` or
+    ``zero_grad`` touches nothing of the user's model) and ignores mode switches: the audited
+    model stays in eval mode whatever the library does.
+    """
+
+    def __init__(self, fn: Model) -> None:
+        super().__init__()
+        self._fn = fn
+        self.training = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fn(x)
+
+    def train(self, mode: bool = True) -> CallableModule:
+        return self

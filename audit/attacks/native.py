@@ -22,7 +22,6 @@ from audit.attacks.base import (
     project,
     random_start,
 )
-from audit.threat import ThreatModel
 
 
 def least_likely(logits: torch.Tensor) -> torch.Tensor:
@@ -39,18 +38,14 @@ class FGSM(Attack):
 
     name = "fgsm"
     norms = ("linf",)
+    family = "single_step"
+    shares_grid = True
 
     def run(self, images, labels, *, threat, ctx):
         grad, _ = input_gradient(images, labels, ctx, ce(ctx))
         return images + threat.eps.value * grad.sign()
 
-    def grid(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        threats: list[ThreatModel],
-        ctx: AttackContext,
-    ) -> list[torch.Tensor]:
+    def grid(self, images, labels, threats, ctx):
         """All epsilons of a sweep from one gradient: the step direction does not depend on eps."""
         grad, _ = input_gradient(images, labels, ctx, ce(ctx))
         sign = grad.sign()
@@ -62,6 +57,8 @@ class FGSMLeastLikely(Attack):
 
     name = "fgsm-ll"
     norms = ("linf",)
+    family = "single_step"
+    shares_grid = True
 
     def _direction(self, images, ctx):
         with torch.no_grad():
@@ -195,6 +192,36 @@ def _pixel_accuracy(
     return losses.per_image_mean((pred == labels).float(), mask)
 
 
+class RandomNoise(Attack):
+    """Random perturbation on the ball's surface: the baseline every attack must beat.
+
+    Linf noise is a random corner of the cube (each coordinate +-eps), L2 noise a uniformly
+    random direction scaled to eps, so it spends the whole budget, as the attacks do.
+    """
+
+    name = "noise"
+    family = "random"
+
+    def run(self, images, labels, *, threat, ctx):
+        gen = ctx.generator
+        eps = threat.eps.value
+        if threat.norm == "linf":
+            signs = torch.randint(0, 2, images.shape, generator=gen, device=gen.device) * 2 - 1
+            return images + eps * signs.to(images.device, images.dtype)
+        direction = torch.randn(images.shape, generator=gen, device=gen.device)
+        return images + eps * l2_normalise(direction.to(images.device, images.dtype))
+
+
 NATIVE_ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls for cls in (FGSM, FGSMLeastLikely, BIM, IterativeLeastLikely, PGD, SegPGD, CosPGD)
+    cls.name: cls
+    for cls in (
+        FGSM,
+        FGSMLeastLikely,
+        BIM,
+        IterativeLeastLikely,
+        PGD,
+        SegPGD,
+        CosPGD,
+        RandomNoise,
+    )
 }

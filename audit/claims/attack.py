@@ -1,0 +1,233 @@
+"""``kind = "attack"``: a metric under a named attack at a threat model, or over a sweep.
+
+An ``eps`` list expands into one item per epsilon (``arnab2018::ifgsm[linf-4/255]``); every
+item knows the whole sweep, so the single-step family computes all of it from one gradient
+when the first item runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from audit.attacks import COMMON_PARAMS, NATIVE_SPECS, check_name, library_of
+from audit.claims import register
+from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
+from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
+from audit.threat import Epsilon, ThreatModel, parse_epsilon, parse_norm
+
+if TYPE_CHECKING:
+    from audit.adversarial import AttackEvaluation
+    from audit.engine import Engine
+
+METRICS = ("miou", "pixel_accuracy", "mean_class_accuracy", "iou_ratio", "attack_success_rate")
+
+
+def parse_attack_metric(raw: Mapping[str, Any], where: Where) -> str:
+    metric = raw.get("metric")
+    valid = f"{', '.join(METRICS)} or {CLASS_METRIC_PREFIX}<class name>"
+    if metric is None:
+        raise where.error(f"missing; say which metric the claim is about ({valid})", "metric")
+    if not isinstance(metric, str):
+        raise where.error(f"expected a string ({valid}), got {metric!r}", key="metric")
+    if metric in METRICS or (
+        metric.startswith(CLASS_METRIC_PREFIX) and metric[len(CLASS_METRIC_PREFIX) :].strip()
+    ):
+        return metric
+    raise where.error(f"unknown metric {metric!r}; expected {valid}", key="metric")
+
+
+def parse_threat_keys(raw: Mapping[str, Any], where: Where) -> tuple[str, list[Epsilon]]:
+    """``norm`` (mandatory) and ``eps`` (one value or a non-empty list)."""
+    if "norm" not in raw:
+        raise where.error(
+            "missing: an epsilon means nothing without its norm; give norm = 'linf' or 'l2'",
+            key="norm",
+        )
+    try:
+        norm = parse_norm(raw["norm"])
+    except ValueError as exc:
+        raise where.error(str(exc), key="norm") from None
+    if "eps" not in raw:
+        raise where.error("missing; give an epsilon such as '4/255' or a list of them", "eps")
+    values = raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]]
+    if not values:
+        raise where.error("an empty list; give at least one epsilon", key="eps")
+    epsilons: list[Epsilon] = []
+    for value in values:
+        try:
+            eps = parse_epsilon(value)
+        except ValueError as exc:
+            raise where.error(str(exc), key="eps") from None
+        if any(e.value == eps.value for e in epsilons):
+            raise where.error(f"epsilon {eps.text} appears twice in the list", key="eps")
+        epsilons.append(eps)
+    return norm, epsilons
+
+
+def _positive_int(raw: Mapping[str, Any], key: str, where: Where) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise where.error(f"expected a whole number >= 1, got {value!r}", key=key)
+    return value
+
+
+def parse_attack_params(
+    raw: Mapping[str, Any], name: str, norm: str, where: Where
+) -> dict[str, Any]:
+    """Top-level ``steps``/``step_size``/``restarts``/``random_start`` plus a ``params`` table.
+
+    Native attacks are checked here against what they accept; a library attack's parameters
+    are checked by the library's signature when it is built (an error of that claim only).
+    """
+    params: dict[str, Any] = {}
+    for key in COMMON_PARAMS:
+        if key not in raw:
+            continue
+        if key in ("steps", "restarts"):
+            params[key] = _positive_int(raw, key, where)
+        elif key == "step_size":
+            try:
+                params[key] = parse_epsilon(raw[key]).value
+            except ValueError as exc:
+                raise where.error(str(exc), key=key) from None
+        elif not isinstance(raw[key], bool):
+            raise where.error(f"expected true or false, got {raw[key]!r}", key=key)
+        else:
+            params[key] = raw[key]
+    extra = raw.get("params", {})
+    if not isinstance(extra, Mapping):
+        raise where.error("expected a table of the attack's keyword arguments", key="params")
+    for key, value in extra.items():
+        if key in params:
+            raise where.error(f"{key!r} is given both at top level and in params", "params")
+        if not isinstance(value, str | int | float | bool):
+            raise where.error(f"{key!r}: expected a number, string or boolean", "params")
+        params[key] = value
+    if library_of(name) == "native":
+        norms, accepted = NATIVE_SPECS[name]
+        if norm not in norms:
+            raise where.error(
+                f"attack {name!r} is defined for {' and '.join(norms)}, not {norm}", key="norm"
+            )
+        for key in params:
+            if key not in accepted:
+                raise where.error(
+                    f"attack {name!r} does not take {key!r}; it accepts "
+                    f"{', '.join(accepted) or 'no parameters'}",
+                    key=key if key in raw else "params",
+                )
+    return params
+
+
+def threat_of(params: Mapping[str, Any]) -> ThreatModel:
+    return ThreatModel(params["norm"], Epsilon(params["eps_value"], params["eps"]))
+
+
+def sweep_of(params: Mapping[str, Any]) -> list[ThreatModel]:
+    return [
+        ThreatModel(params["norm"], Epsilon(value, text))
+        for text, value in zip(params["sweep"], params["sweep_values"], strict=True)
+    ]
+
+
+def run_claimed_attack(spec: ClaimSpec, engine: Engine, threat: ThreatModel) -> AttackEvaluation:
+    """The engine's evaluation for this claim; a parameter the attack rejects names the key."""
+    p = spec.params
+    try:
+        return engine.attack(p["attack"], p["attack_params"], threat, sweep=sweep_of(p))
+    except TypeError as exc:
+        where = Where(source=spec.source, claim=spec.id)
+        raise where.error(str(exc), key="params") from None
+
+
+@register
+class AttackClaim(ClaimKind):
+    name = "attack"
+    keys: ClassVar[Mapping[str, str]] = {
+        "attack": "a native attack (fgsm, fgsm-ll, ifgsm, ifgsm-ll, pgd, segpgd, cospgd, "
+        "noise) or <library>:<name> (torchattacks:PGD, foolbox:LinfPGD, advlib:alma_prox)",
+        "norm": "'linf' or 'l2' (mandatory)",
+        "eps": "an epsilon ('4/255' or 0.0157) or a list of them (one item each)",
+        "metric": f"{', '.join(METRICS)} or {CLASS_METRIC_PREFIX}<class name>",
+        "steps": "iterations (iterative attacks)",
+        "step_size": "step per iteration, e.g. '1/255'",
+        "restarts": "random restarts; each image keeps its worst (PGD family)",
+        "random_start": "start from a random point of the ball (PGD family)",
+        "params": "a table of further keyword arguments for the attack (library attacks)",
+    }
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
+        try:
+            attack = check_name(raw.get("attack"))
+        except ValueError as exc:
+            raise where.error(str(exc), key="attack") from None
+        norm, epsilons = parse_threat_keys(raw, where)
+        return {
+            "attack": attack,
+            "norm": norm,
+            "eps": epsilons[0].text,
+            "eps_value": epsilons[0].value,
+            "sweep": [e.text for e in epsilons],
+            "sweep_values": [e.value for e in epsilons],
+            "metric": parse_attack_metric(raw, where),
+            "attack_params": parse_attack_params(raw, attack, norm, where),
+        }
+
+    @classmethod
+    def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
+        p = spec.params
+        if len(p["sweep"]) == 1:
+            return [spec]
+        return [
+            replace(
+                spec,
+                id=f"{spec.id}[{p['norm']}-{text}]",
+                statement=f"{spec.statement} (at {p['norm']} eps={text})",
+                params={**p, "eps": text, "eps_value": value},
+            )
+            for text, value in zip(p["sweep"], p["sweep_values"], strict=True)
+        ]
+
+    @classmethod
+    def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
+        from audit import metrics
+        from audit.results import finite_or_none
+
+        p = spec.params
+        metric = p["metric"]
+        threat = threat_of(p)
+        evaluation = run_claimed_attack(spec, engine, threat)
+        if metric == "iou_ratio":
+            import torch
+
+            paired = torch.stack([engine.clean().per_image, evaluation.per_image], dim=1)
+            value, interval = engine.score_state(paired, metrics.iou_ratio)
+            quantity = "IoU ratio"
+        elif metric == "attack_success_rate":
+            import torch
+
+            counts = torch.stack([evaluation.flipped, evaluation.clean_correct], dim=1)
+            value, interval = engine.score_state(counts, metrics.ratio_of_sums)
+            quantity = "attack success rate (share of correct pixels flipped)"
+        else:
+            value, interval = engine.score(evaluation.per_image, metric, claim=spec)
+            quantity = describe_metric(metric)
+        resolution = evaluation.resolution
+        at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+        return Measurement(
+            value=value,
+            quantity=quantity,
+            condition=f"under {evaluation.label}{at}",
+            num_samples=evaluation.num_samples,
+            interval=interval,
+            evidence={
+                "evaluation": evaluation.id,
+                "attack": evaluation.attack,
+                "threat": threat.to_dict(),
+                "resolution": list(resolution) if resolution else None,
+                "success_rate": finite_or_none(evaluation.success_rate),
+            },
+        )

@@ -1,0 +1,195 @@
+"""Signs of a weak evaluation or of gradient masking, read off the attack results.
+
+After Athalye et al. (2018) and Arnab et al. (2018, who saw CRFs mask gradients for
+single-step attacks): iterative attacks must be at least as strong as single-step ones,
+damage must grow with epsilon, a large epsilon must flip nearly everything, gradients must
+be finite and non-zero, and random noise of the same norm must be weaker than the attack.
+Each violated expectation is a diagnostic in the results and the report, never a failed
+claim: it says the numbers may flatter the model, not that a claim is false.
+
+Everything here is a pure function of the attack entries written to ``results.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CHECKS: dict[str, str] = {
+    "iterative_weaker": "iterative attacks at least as strong as single-step ones",
+    "not_monotonic": "damage grows with epsilon",
+    "low_success": "a large epsilon flips nearly every pixel",
+    "bad_gradients": "input gradients finite and non-zero",
+    "noise_as_strong": "the attack beats random noise of the same norm",
+}
+
+#: an mIoU difference below this is noise of the evaluation, not a finding
+MIOU_TOLERANCE = 0.005
+#: epsilons from which an iterative attack is expected to flip most pixels
+LARGE_EPS = {"linf": 16 / 255, "l2": 2.0}
+LOW_SUCCESS = 0.5
+#: share of image gradients that may be all-zero before it is reported
+ZERO_GRADIENT_SHARE = 0.05
+
+
+def _miou(entry: Mapping[str, Any]) -> float:
+    value = (entry.get("metrics") or {}).get("miou")
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+def _group(entry: Mapping[str, Any]) -> tuple[str, str, str]:
+    params = entry.get("params") or {}
+    return (str(entry.get("attack")), repr(sorted(params.items())), str(entry.get("norm")))
+
+
+def _where(entry: Mapping[str, Any]) -> str:
+    return f"{entry.get('norm')} eps={entry.get('eps_text')}"
+
+
+def _finding(check: str, entry: Mapping[str, Any], message: str) -> dict[str, Any]:
+    return {
+        "check": check,
+        "attack": entry.get("attack"),
+        "norm": entry.get("norm"),
+        "eps_text": entry.get("eps_text"),
+        "evaluation": entry.get("id"),
+        "message": message,
+    }
+
+
+def _iterative_weaker(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    singles = [e for e in entries if e.get("family") == "single_step"]
+    for it in (e for e in entries if e.get("family") == "iterative"):
+        least_likely = str(it.get("attack")).endswith("-ll")
+        for single in singles:
+            if (
+                single.get("norm") != it.get("norm")
+                or single.get("eps") != it.get("eps")
+                or str(single.get("attack")).endswith("-ll") != least_likely
+            ):
+                continue
+            if _miou(it) > _miou(single) + MIOU_TOLERANCE:
+                out.append(
+                    _finding(
+                        "iterative_weaker",
+                        it,
+                        f"{it.get('attack')} (mIoU {_miou(it):.3f}) is weaker than "
+                        f"{single.get('attack')} (mIoU {_miou(single):.3f}) at {_where(it)}: "
+                        "an iterative attack should be at least as strong as one step; "
+                        "gradient masking, or too few steps or too small a step size",
+                    )
+                )
+    return out
+
+
+def _by_group(entries: Sequence[Mapping[str, Any]]) -> dict[tuple, list[Mapping[str, Any]]]:
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for entry in entries:
+        if isinstance(entry.get("eps"), int | float):
+            groups[_group(entry)].append(entry)
+    for members in groups.values():
+        members.sort(key=lambda e: float(e["eps"]))
+    return groups
+
+
+def _not_monotonic(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for members in _by_group(entries).values():
+        if members[0].get("family") == "random":
+            continue
+        for i, larger in enumerate(members[1:], start=1):
+            worst = min(members[:i], key=_miou)
+            if _miou(larger) > _miou(worst) + MIOU_TOLERANCE:
+                out.append(
+                    _finding(
+                        "not_monotonic",
+                        larger,
+                        f"{larger.get('attack')} leaves mIoU {_miou(larger):.3f} at "
+                        f"{_where(larger)} but {_miou(worst):.3f} at the smaller "
+                        f"eps={worst.get('eps_text')}: damage should grow with epsilon",
+                    )
+                )
+    return out
+
+
+def _low_success(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for members in _by_group(entries).values():
+        top = members[-1]
+        large = LARGE_EPS.get(str(top.get("norm")))
+        success = top.get("success_rate")
+        if (
+            top.get("family") == "iterative"
+            and large is not None
+            and float(top["eps"]) >= large
+            and isinstance(success, int | float)
+            and success < LOW_SUCCESS
+        ):
+            out.append(
+                _finding(
+                    "low_success",
+                    top,
+                    f"{top.get('attack')} flips only {success:.0%} of the correctly "
+                    f"classified pixels at its largest epsilon ({_where(top)}); an attack "
+                    "this large should flip nearly all of them",
+                )
+            )
+    return out
+
+
+def _bad_gradients(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for entry in entries:
+        g = entry.get("gradients") or {}
+        total = g.get("image_gradients") or 0
+        zero, nonfinite = g.get("zero") or 0, g.get("nonfinite") or 0
+        if total and (nonfinite > 0 or zero / total > ZERO_GRADIENT_SHARE):
+            out.append(
+                _finding(
+                    "bad_gradients",
+                    entry,
+                    f"{entry.get('attack')} at {_where(entry)}: {zero} of {total} image "
+                    f"gradients were all zero and {nonfinite} not finite; the attack may be "
+                    "blind (saturated softmax, non-differentiable layers, NaN in the model)",
+                )
+            )
+    return out
+
+
+def _noise_as_strong(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for entry in entries:
+        noise = entry.get("noise") or {}
+        attack_rate, noise_rate = entry.get("success_rate"), noise.get("success_rate")
+        if (
+            entry.get("family") != "random"
+            and isinstance(attack_rate, int | float)
+            and isinstance(noise_rate, int | float)
+            and noise_rate > 0
+            and attack_rate <= noise_rate
+        ):
+            out.append(
+                _finding(
+                    "noise_as_strong",
+                    entry,
+                    f"random noise of the same norm flips {noise_rate:.1%} of the pixels, "
+                    f"{entry.get('attack')} only {attack_rate:.1%} at {_where(entry)}: the "
+                    "attack is not using the gradient",
+                )
+            )
+    return out
+
+
+def attack_diagnostics(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every diagnostic the attack entries of a results record raise, in check order."""
+    entries = [e for e in entries if isinstance(e, Mapping)]
+    return [
+        *_iterative_weaker(entries),
+        *_not_monotonic(entries),
+        *_low_success(entries),
+        *_bad_gradients(entries),
+        *_noise_as_strong(entries),
+    ]
