@@ -183,13 +183,39 @@ def _noise_as_strong(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
+def _merge(findings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One finding per check and attack: a sweep that trips a check at six epsilons is one
+    problem, listed with every epsilon (``eps_texts``, ``evaluations``) and the first message."""
+    merged: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for finding in findings:
+        key = (finding["check"], str(finding["attack"]), str(finding["norm"]))
+        if key not in merged:
+            merged[key] = {
+                **finding,
+                "eps_texts": [finding["eps_text"]],
+                "evaluations": [finding["evaluation"]],
+            }
+            continue
+        entry = merged[key]
+        if finding["eps_text"] not in entry["eps_texts"]:
+            entry["eps_texts"].append(finding["eps_text"])
+        entry["evaluations"].append(finding["evaluation"])
+    for entry in merged.values():
+        others = [e for e in entry["eps_texts"] if e != entry["eps_text"]]
+        if others:
+            entry["message"] += f" (also at eps={', '.join(others)})"
+    return list(merged.values())
+
+
 def attack_diagnostics(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Every diagnostic the attack entries of a results record raise, in check order."""
     entries = [e for e in entries if isinstance(e, Mapping)]
-    return [
-        *_iterative_weaker(entries),
-        *_not_monotonic(entries),
-        *_low_success(entries),
-        *_bad_gradients(entries),
-        *_noise_as_strong(entries),
-    ]
+    return _merge(
+        [
+            *_iterative_weaker(entries),
+            *_not_monotonic(entries),
+            *_low_success(entries),
+            *_bad_gradients(entries),
+            *_noise_as_strong(entries),
+        ]
+    )

@@ -84,7 +84,8 @@ class RunRecorder:
                 "statement": spec.statement,
                 "kind": spec.kind,
                 "metric": spec.params.get("metric"),
-                "params": dict(spec.params),
+                # keys starting with "_" are the kind's bookkeeping, not the claim's terms
+                "params": {k: v for k, v in spec.params.items() if not k.startswith("_")},
                 "statistic": spec.statistic,
                 "threshold": spec.threshold.to_dict(),
                 "source": spec.source,

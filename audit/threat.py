@@ -49,7 +49,9 @@ def parse_epsilon(raw: Any) -> Epsilon:
     if isinstance(raw, bool):
         raise ValueError(f"expected a number or a fraction such as '4/255', got {raw!r}")
     if isinstance(raw, int | float):
-        value, text = float(raw), f"{raw:g}"
+        # repr is the shortest text that reads back as the same float, so ids and results
+        # can be parsed again without drift
+        value, text = float(raw), repr(raw)
     elif isinstance(raw, str):
         match = _FRACTION.match(raw)
         if match:

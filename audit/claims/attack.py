@@ -122,14 +122,12 @@ def parse_attack_params(
 
 
 def threat_of(params: Mapping[str, Any]) -> ThreatModel:
-    return ThreatModel(params["norm"], Epsilon(params["eps_value"], params["eps"]))
+    return ThreatModel(params["norm"], parse_epsilon(params["eps"]))
 
 
 def sweep_of(params: Mapping[str, Any]) -> list[ThreatModel]:
-    return [
-        ThreatModel(params["norm"], Epsilon(value, text))
-        for text, value in zip(params["sweep"], params["sweep_values"], strict=True)
-    ]
+    """Every threat model of the claim's sweep (``_sweep``: internal, not shown in reports)."""
+    return [ThreatModel(params["norm"], parse_epsilon(text)) for text in params["_sweep"]]
 
 
 def run_claimed_attack(spec: ClaimSpec, engine: Engine, threat: ThreatModel) -> AttackEvaluation:
@@ -169,9 +167,7 @@ class AttackClaim(ClaimKind):
             "attack": attack,
             "norm": norm,
             "eps": epsilons[0].text,
-            "eps_value": epsilons[0].value,
-            "sweep": [e.text for e in epsilons],
-            "sweep_values": [e.value for e in epsilons],
+            "_sweep": [e.text for e in epsilons],
             "metric": parse_attack_metric(raw, where),
             "attack_params": parse_attack_params(raw, attack, norm, where),
         }
@@ -179,16 +175,16 @@ class AttackClaim(ClaimKind):
     @classmethod
     def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
         p = spec.params
-        if len(p["sweep"]) == 1:
+        if len(p["_sweep"]) == 1:
             return [spec]
         return [
             replace(
                 spec,
                 id=f"{spec.id}[{p['norm']}-{text}]",
                 statement=f"{spec.statement} (at {p['norm']} eps={text})",
-                params={**p, "eps": text, "eps_value": value},
+                params={**p, "eps": text},
             )
-            for text, value in zip(p["sweep"], p["sweep_values"], strict=True)
+            for text in p["_sweep"]
         ]
 
     @classmethod

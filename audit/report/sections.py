@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audit.errors import ConfigError
+from audit.report.attacks import build_attacks
 from audit.report.format import (
     _MISSING,
     _color,
@@ -463,6 +464,7 @@ _SECTIONS: list[Section] = [
     Section("claims", "Claims", "_claims.html.j2", build_claims),
     Section("clean", "Clean evaluation", "_clean.html.j2", build_clean),
     Section("confusion", "Confusion matrix", "_confusion.html.j2", build_confusion),
+    Section("attacks", "Attacks", "_attacks.html.j2", build_attacks),
     Section("provenance", "Provenance", "_provenance.html.j2", build_provenance),
 ]
 
