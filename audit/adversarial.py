@@ -256,16 +256,59 @@ def _example(batch: Batch, j: int, adv, clean_pred, adv_pred) -> dict[str, Any]:
     }
 
 
-def _check_unchanged(engine: Engine, before: dict[str, str], attack: str) -> None:
-    from audit.model.fingerprint import fingerprint_module
+def _digest(tensor: torch.Tensor) -> tuple[int, int]:
+    """Two position-weighted sums of a tensor's raw words, computed where it lives.
 
-    after = fingerprint_module(engine.module, include_grads=True)
-    if after != before:
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        raise EvaluationError(
-            f"attack {attack!r} changed the audited model ({', '.join(changed[:5])}"
-            f"{', ...' if len(changed) > 5 else ''}); its results are discarded"
-        )
+    Any change of any bit changes them (barring a deliberate collision), at the cost of one
+    pass over the memory: milliseconds for a large network on a GPU, where hashing the
+    weights on the CPU would take longer than a short attack.
+    """
+    flat = tensor.detach().reshape(-1)
+    if flat.numel() == 0:
+        return (0, 0)
+    words = flat.view(torch.int32) if flat.element_size() % 4 == 0 else flat.view(torch.uint8)
+    words = words.to(torch.int64)
+    index = torch.arange(1, words.numel() + 1, device=words.device, dtype=torch.int64)
+    return int(words.sum()), int((words * index).sum())
+
+
+class ModelGuard:
+    """Proves an attack left the audited model as it found it, cheaply enough for every run.
+
+    Every parameter and buffer is identified by object and storage and summarised by
+    :func:`_digest` (``param.data.add_`` and BatchNorm's running statistics change values
+    without bumping autograd's version counter, so values are what is compared); ``.grad``
+    is recorded the same way, and every ``training`` and ``requires_grad`` flag.
+    """
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.module = module
+        self.state = self._state()
+
+    def _state(self) -> dict[str, tuple]:
+        state: dict[str, tuple] = {}
+        for name, p in self.module.named_parameters():
+            grad = p.grad
+            state[name] = (id(p), p.data_ptr(), p.requires_grad, _digest(p))
+            state[f"grad:{name}"] = (None,) if grad is None else (id(grad), _digest(grad))
+        for name, b in self.module.named_buffers():
+            state[name] = (id(b), b.data_ptr(), _digest(b))
+        for name, sub in self.module.named_modules():
+            state[f"training:{name or '<root>'}"] = (sub.training,)
+        return state
+
+    def changes(self) -> list[str]:
+        """Names of parameters, buffers and flags that differ from the snapshot."""
+        now = self._state()
+        return sorted(k for k in set(now) | set(self.state) if now.get(k) != self.state.get(k))
+
+    def check(self, attack: str) -> None:
+        changed = self.changes()
+        if changed:
+            raise EvaluationError(
+                f"attack {attack!r} changed the audited model ({', '.join(changed[:5])}"
+                f"{', ...' if len(changed) > 5 else ''}); its results are discarded"
+            )
 
 
 def run_attack(
@@ -273,10 +316,9 @@ def run_attack(
 ) -> list[AttackEvaluation]:
     """Evaluate ``attack`` at each threat model; a grid-sharing attack computes them together."""
     from audit.attacks.base import AttackContext
-    from audit.model.fingerprint import fingerprint_module
 
     threats = list(threats)
-    before = fingerprint_module(engine.module, include_grads=True)
+    guard = ModelGuard(engine.module)
     counters = _Counters()
     forward_start = engine.forward_passes
     accumulators = [_Accumulator(engine.attack_examples) for _ in threats]
@@ -306,7 +348,7 @@ def run_attack(
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     seconds = time.perf_counter() - start
-    _check_unchanged(engine, before, name)
+    guard.check(name)
     if not accumulators[0].cms:
         raise EvaluationError(f"dataset {engine.dataset.kind!r} has no samples to attack")
     share = len(threats)
@@ -338,9 +380,8 @@ def run_min_norm(
     """Per-image and per-pixel empirical radii of a minimal-norm attack."""
     from audit.attacks.base import AttackContext
     from audit.attacks.radius import image_radius, pixel_radii
-    from audit.model.fingerprint import fingerprint_module
 
-    before = fingerprint_module(engine.module, include_grads=True)
+    guard = ModelGuard(engine.module)
     counters = _Counters()
     forward_start = engine.forward_passes
     images_r: list[torch.Tensor] = []
@@ -384,7 +425,7 @@ def run_min_norm(
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     seconds = time.perf_counter() - start
-    _check_unchanged(engine, before, name)
+    guard.check(name)
     if not images_r:
         raise EvaluationError(f"dataset {engine.dataset.kind!r} has no samples to attack")
     return MinNormEvaluation(

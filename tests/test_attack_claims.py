@@ -383,3 +383,27 @@ min = 0.0
     )
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*needs the foolbox library*pytest-segaudit[[]attacks[]]*"])
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: m.conv.weight.data.add_(1e-3),
+        lambda m: setattr(m.conv.weight, "data", m.conv.weight.data.clone()),
+        lambda m: m.bn.train()(torch.rand(2, 16, 4, 4)),  # running stats, no version bump
+        lambda m: m.bn.running_var.mul_(2),
+        lambda m: m.head.weight.requires_grad_(False),
+        lambda m: m.train(),
+        lambda m: m.head(torch.rand(1, 16, 2, 2)).sum().backward(),  # leaves .grad behind
+    ],
+)
+def test_the_model_guard_catches_every_kind_of_tampering(tamper) -> None:
+    from audit.adversarial import ModelGuard
+    from audit.errors import EvaluationError
+
+    module = BNNet().eval()
+    guard = ModelGuard(module)
+    assert guard.changes() == []
+    tamper(module)
+    with pytest.raises(EvaluationError, match="changed the audited model"):
+        guard.check("evil")
