@@ -139,14 +139,18 @@ class MinNormEvaluation:
 
 
 class _Counters:
-    """Forward/backward passes and gradient health while one evaluation runs."""
+    """Forward/backward passes and gradient health while one evaluation runs.
+
+    Gradient checks accumulate on the device and are read once at the end: reading them per
+    step would synchronise host and device at every step and stall the attack.
+    """
 
     def __init__(self) -> None:
         self.backward = 0
         self.passes = 0
         self.image_gradients = 0
-        self.zero = 0
-        self.nonfinite = 0
+        self._zero: torch.Tensor | int = 0
+        self._nonfinite: torch.Tensor | int = 0
 
     def count_backward(self, grad: torch.Tensor) -> None:
         self.backward += 1
@@ -156,11 +160,13 @@ class _Counters:
         finite = torch.isfinite(flat).all(1)
         self.passes += 1
         self.image_gradients += int(flat.shape[0])
-        self.nonfinite += int((~finite).sum())
-        self.zero += int(((flat == 0).all(1) & finite).sum())
+        self._nonfinite = self._nonfinite + (~finite).sum()
+        self._zero = self._zero + ((flat == 0).all(1) & finite).sum()
 
     def health(self) -> GradientHealth:
-        return GradientHealth(self.passes, self.image_gradients, self.zero, self.nonfinite)
+        return GradientHealth(
+            self.passes, self.image_gradients, int(self._zero), int(self._nonfinite)
+        )
 
 
 def seed_for(base_seed: int, *parts: Any) -> int:
@@ -180,7 +186,7 @@ class _Accumulator:
         self.l2: list[torch.Tensor] = []
         self.sizes: list[tuple[int, int]] = []
         self.max_examples = max_examples
-        self.worst: list[tuple[float, int, AdversarialExample]] = []
+        self.worst: list[tuple[float, int, dict[str, Any]]] = []
 
     def update(
         self,
@@ -212,14 +218,14 @@ class _Accumulator:
         for j in range(len(batch.names)):
             score = float(adv_acc[j])
             index = batch.indices[j]
-            if len(self.worst) >= self.max_examples and score >= self.worst[-1][0]:
+            if len(self.worst) >= self.max_examples and (score, index) >= self.worst[-1][:2]:
                 continue
-            example = _example(batch, j, adv[j], clean_pred[j], adv_pred[j])
-            example = AdversarialExample(
-                **{**example, "pixel_accuracy_clean": float(clean_acc[j])},
-                pixel_accuracy_adv=score,
-            )
-            self.worst.append((score, index, example))
+            # Candidates stay device tensors (compact uint8 images) until the evaluation
+            # ends: only the final few are converted for drawing.
+            candidate = _capture(batch, j, adv[j], clean_pred[j], adv_pred[j])
+            candidate["pixel_accuracy_clean"] = float(clean_acc[j])
+            candidate["pixel_accuracy_adv"] = score
+            self.worst.append((score, index, candidate))
             self.worst.sort(key=lambda item: (item[0], item[1]))
             del self.worst[self.max_examples :]
 
@@ -231,52 +237,72 @@ class _Accumulator:
             linf=torch.cat(self.linf),
             l2=torch.cat(self.l2),
             resolutions=tuple(self.sizes),
-            examples=tuple(example for _, _, example in self.worst),
+            examples=tuple(_materialise(candidate) for _, _, candidate in self.worst),
             **fields,
         )
 
 
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    return (image.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+def _to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
 
 
-def _example(batch: Batch, j: int, adv, clean_pred, adv_pred) -> dict[str, Any]:
+def _capture(batch: Batch, j: int, adv, clean_pred, adv_pred) -> dict[str, Any]:
     delta = adv - batch.images[j]
-    scale = float(delta.abs().max())
+    scale = delta.abs().amax().clamp(min=1e-12)
     # Amplified so the largest change reaches the full range around mid-grey.
-    shown = 0.5 + 0.5 * delta / scale if scale > 0 else torch.full_like(delta, 0.5)
     return {
         "name": batch.names[j],
         "image": _to_uint8(batch.images[j]),
         "adversarial": _to_uint8(adv),
-        "perturbation": _to_uint8(shown),
-        "mask": batch.masks[j].cpu().numpy(),
-        "prediction_clean": clean_pred.cpu().numpy(),
-        "prediction_adv": adv_pred.cpu().numpy(),
+        "perturbation": _to_uint8(0.5 + 0.5 * delta / scale),
+        "mask": batch.masks[j].clone(),
+        "prediction_clean": clean_pred.clone(),
+        "prediction_adv": adv_pred.clone(),
     }
 
 
-def _digest(tensor: torch.Tensor) -> tuple[int, int]:
-    """Two position-weighted sums of a tensor's raw words, computed where it lives.
+def _materialise(candidate: dict[str, Any]) -> AdversarialExample:
+    return AdversarialExample(
+        **{
+            key: value.cpu().numpy() if isinstance(value, torch.Tensor) else value
+            for key, value in candidate.items()
+        }
+    )
+
+
+def _digests(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """Two position-weighted sums of each tensor's raw words, computed where it lives.
 
     Any change of any bit changes them (barring a deliberate collision), at the cost of one
-    pass over the memory: milliseconds for a large network on a GPU, where hashing the
-    weights on the CPU would take longer than a short attack.
+    pass over the memory and a single host-device transfer for the whole model: hashing
+    the weights on the CPU would take longer than a short attack on a large network.
     """
-    flat = tensor.detach().reshape(-1)
-    if flat.numel() == 0:
-        return (0, 0)
-    words = flat.view(torch.int32) if flat.element_size() % 4 == 0 else flat.view(torch.uint8)
-    words = words.to(torch.int64)
-    index = torch.arange(1, words.numel() + 1, device=words.device, dtype=torch.int64)
-    return int(words.sum()), int((words * index).sum())
+    sums = []
+    for tensor in tensors:
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() == 0:
+            sums.append(torch.zeros(2, dtype=torch.int64, device=flat.device))
+            continue
+        wide = flat.element_size() % 4 == 0
+        words = (flat.view(torch.int32) if wide else flat.view(torch.uint8)).to(torch.int64)
+        index = torch.arange(1, words.numel() + 1, device=words.device, dtype=torch.int64)
+        sums.append(torch.stack([words.sum(), (words * index).sum()]))
+    by_device: dict[torch.device, list[int]] = {}
+    for i, value in enumerate(sums):
+        by_device.setdefault(value.device, []).append(i)
+    out: list[tuple[int, int]] = [(0, 0)] * len(sums)
+    for indices in by_device.values():
+        values = torch.stack([sums[i] for i in indices]).cpu().tolist()
+        for i, (a, b) in zip(indices, values, strict=True):
+            out[i] = (a, b)
+    return out
 
 
 class ModelGuard:
     """Proves an attack left the audited model as it found it, cheaply enough for every run.
 
     Every parameter and buffer is identified by object and storage and summarised by
-    :func:`_digest` (``param.data.add_`` and BatchNorm's running statistics change values
+    :func:`_digests` (``param.data.add_`` and BatchNorm's running statistics change values
     without bumping autograd's version counter, so values are what is compared); ``.grad``
     is recorded the same way, and every ``training`` and ``requires_grad`` flag.
     """
@@ -286,13 +312,19 @@ class ModelGuard:
         self.state = self._state()
 
     def _state(self) -> dict[str, tuple]:
+        params = list(self.module.named_parameters())
+        buffers = list(self.module.named_buffers())
+        grads = [(n, p.grad) for n, p in params if p.grad is not None]
+        digests = iter(_digests([t for _, t in params + buffers + grads]))
         state: dict[str, tuple] = {}
-        for name, p in self.module.named_parameters():
-            grad = p.grad
-            state[name] = (id(p), p.data_ptr(), p.requires_grad, _digest(p))
-            state[f"grad:{name}"] = (None,) if grad is None else (id(grad), _digest(grad))
-        for name, b in self.module.named_buffers():
-            state[name] = (id(b), b.data_ptr(), _digest(b))
+        for name, p in params:
+            state[name] = (id(p), p.data_ptr(), p.requires_grad, next(digests))
+        for name, b in buffers:
+            state[name] = (id(b), b.data_ptr(), next(digests))
+        for name, _ in params:
+            state[f"grad:{name}"] = (None,)
+        for name, grad in grads:
+            state[f"grad:{name}"] = (id(grad), next(digests))
         for name, sub in self.module.named_modules():
             state[f"training:{name or '<root>'}"] = (sub.training,)
         return state

@@ -20,5 +20,8 @@ fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "${venv_flags[@]}" "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
-"$VENV/bin/python" -m pip install --quiet "${constraints[@]}" -e '.[attacks,dev,train]'
+# build-constraints.txt caps setuptools for building sdists (visdom, needed by adv-lib,
+# does not build on setuptools>=81); --build-constraint needs pip>=25.3, hence the upgrade.
+"$VENV/bin/python" -m pip install --quiet --build-constraint build-constraints.txt \
+  "${constraints[@]}" -e '.[attacks,dev,train,advlib]'
 "$VENV/bin/python" -c "import torch; print('setup: torch', torch.__version__, 'ready in $VENV')"

@@ -200,7 +200,9 @@ class CallableModule(torch.nn.Module):
 
     def __init__(self, fn: Model) -> None:
         super().__init__()
-        self._fn = fn
+        # Stored past nn.Module.__setattr__: an nn.Module ``fn`` must not become a submodule,
+        # or its parameters would show in ``parameters()`` and follow ``.to()``.
+        self.__dict__["_fn"] = fn
         self.training = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
