@@ -182,6 +182,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--profile", action="store_true", help="also print where one harness run spends time"
+    )
     args = parser.parse_args()
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
@@ -235,6 +238,13 @@ def main() -> None:
             f"  {name:13s} {median[name]:8.3f} s  mIoU {outputs[name][0]:.4f}  "
             f"forward {outputs[name][1]}, backward {outputs[name][2]}{peak}"
         )
+    if args.profile:
+        import cProfile
+        import pstats
+
+        profiler = cProfile.Profile()
+        profiler.runcall(lambda: (runners["harness"](), sync(device)))
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
     print(f"harness / bare loop    = {median['harness'] / median['bare']:.3f}  (goal <= 1.05)")
     print(
         f"harness / torchattacks = {median['harness'] / median['torchattacks']:.3f}  (goal <= 1.0)"
