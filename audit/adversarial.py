@@ -270,31 +270,50 @@ def _materialise(candidate: dict[str, Any]) -> AdversarialExample:
     )
 
 
+#: words summed per kernel launch in :func:`_digests`; bounds the temporary memory
+_DIGEST_CHUNK = 1 << 24
+
+
 def _digests(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
     """Two position-weighted sums of each tensor's raw words, computed where it lives.
 
-    Any change of any bit changes them (barring a deliberate collision), at the cost of one
-    pass over the memory and a single host-device transfer for the whole model: hashing
-    the weights on the CPU would take longer than a short attack on a large network.
+    Any change of any bit changes them (barring a deliberate collision).  Tensors are
+    concatenated in chunks and summed per segment, so a network of hundreds of small
+    tensors costs a handful of kernel launches and one transfer per chunk, not thousands:
+    hashing weights on the host, or one reduction per tensor, would cost more than a short
+    attack.  Integer sums wrap around exactly, so the result does not depend on order.
     """
-    sums = []
-    for tensor in tensors:
+    out: list[tuple[int, int]] = [(0, 0)] * len(tensors)
+    groups: dict[tuple[torch.device, bool], list[tuple[int, torch.Tensor]]] = {}
+    for i, tensor in enumerate(tensors):
         flat = tensor.detach().reshape(-1)
         if flat.numel() == 0:
-            sums.append(torch.zeros(2, dtype=torch.int64, device=flat.device))
             continue
         wide = flat.element_size() % 4 == 0
-        words = (flat.view(torch.int32) if wide else flat.view(torch.uint8)).to(torch.int64)
-        index = torch.arange(1, words.numel() + 1, device=words.device, dtype=torch.int64)
-        sums.append(torch.stack([words.sum(), (words * index).sum()]))
-    by_device: dict[torch.device, list[int]] = {}
-    for i, value in enumerate(sums):
-        by_device.setdefault(value.device, []).append(i)
-    out: list[tuple[int, int]] = [(0, 0)] * len(sums)
-    for indices in by_device.values():
-        values = torch.stack([sums[i] for i in indices]).cpu().tolist()
-        for i, (a, b) in zip(indices, values, strict=True):
-            out[i] = (a, b)
+        words = flat.view(torch.int32) if wide else flat.view(torch.uint8)
+        groups.setdefault((flat.device, wide), []).append((i, words))
+    for (device, _), members in groups.items():
+        chunk: list[tuple[int, torch.Tensor]] = []
+        size = 0
+        for member in [*members, None]:
+            if member is not None and (not chunk or size + member[1].numel() <= _DIGEST_CHUNK):
+                chunk.append(member)
+                size += member[1].numel()
+                continue
+            sizes = torch.tensor([w.numel() for _, w in chunk], device=device)
+            segment = torch.repeat_interleave(
+                torch.arange(len(chunk), device=device), sizes, output_size=size
+            )
+            starts = torch.cumsum(sizes, 0) - sizes
+            position = torch.arange(size, device=device) - starts[segment] + 1
+            words = torch.cat([w for _, w in chunk]).to(torch.int64)
+            totals = torch.zeros(2, len(chunk), dtype=torch.int64, device=device)
+            totals[0].index_add_(0, segment, words)
+            totals[1].index_add_(0, segment, words * position)
+            for (i, _), a, b in zip(chunk, *totals.cpu().tolist(), strict=True):
+                out[i] = (a, b)
+            if member is not None:
+                chunk, size = [member], member[1].numel()
     return out
 
 

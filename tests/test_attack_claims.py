@@ -407,3 +407,18 @@ def test_the_model_guard_catches_every_kind_of_tampering(tamper) -> None:
     tamper(module)
     with pytest.raises(EvaluationError, match="changed the audited model"):
         guard.check("evil")
+
+
+def test_guard_digests_do_not_depend_on_chunking_and_see_one_ulp(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import audit.adversarial as adversarial
+
+    tensors = [torch.rand(5), torch.rand(3, 3).half(), torch.arange(7), torch.empty(0)]
+    tensors.append(torch.rand(100))
+    whole = adversarial._digests(tensors)
+    monkeypatch.setattr(adversarial, "_DIGEST_CHUNK", 8)
+    assert adversarial._digests(tensors) == whole
+    tensors[4][50] = torch.nextafter(tensors[4][50], torch.tensor(2.0))
+    after = adversarial._digests(tensors)
+    assert after[4] != whole[4] and after[:4] == whole[:4]
