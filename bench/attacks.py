@@ -242,9 +242,11 @@ def main() -> None:
         import cProfile
         import pstats
 
-        profiler = cProfile.Profile()
-        profiler.runcall(lambda: (runners["harness"](), sync(device)))
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+        for name in ("harness", "bare"):
+            profiler = cProfile.Profile()
+            profiler.runcall(lambda name=name: (runners[name](), sync(device)))
+            print(f"--- profile: {name}")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     print(f"harness / bare loop    = {median['harness'] / median['bare']:.3f}  (goal <= 1.05)")
     print(
         f"harness / torchattacks = {median['harness'] / median['torchattacks']:.3f}  (goal <= 1.0)"
