@@ -197,8 +197,10 @@ class Engine:
             yield self._collate(pending)
 
     def _collate(self, items: list[tuple[int, Any]]) -> Batch:
-        images = torch.stack([s.image for _, s in items]).to(self.device, torch.float32)
-        masks = torch.stack([s.mask for _, s in items]).to(self.device, torch.int64)
+        # Each sample goes to the device first and is stacked there: stacking large images on
+        # the host is a memory copy that costs as much as a forward pass of a small network.
+        images = torch.stack([s.image.to(self.device, torch.float32) for _, s in items])
+        masks = torch.stack([s.mask.to(self.device, torch.int64) for _, s in items])
         return Batch(images, masks, tuple(s.name for _, s in items), tuple(i for i, _ in items))
 
     def forward(self, images: torch.Tensor, names: tuple[str, ...] = ()) -> torch.Tensor:
