@@ -385,11 +385,19 @@ def run_attack(
             on_gradient=counters.watch,
         )
         with torch.no_grad():
-            clean_pred = engine.forward(batch.images, batch.names).argmax(1)
+            # No read-back before the attack: the host queues the attack's kernels while the
+            # device still runs this pass.  Finiteness is checked with the results below.
+            clean_logits = engine.forward(batch.images, batch.names, check_finite=False)
+            clean_finite = torch.isfinite(clean_logits).all()
+            clean_pred = clean_logits.argmax(1)
+            del clean_logits
         if len(threats) > 1 and attack.shares_grid:
             advs = attack.grid(batch.images, batch.masks, threats, ctx)
         else:
             advs = [attack(batch.images, batch.masks, threat=t, ctx=ctx) for t in threats]
+        if not bool(clean_finite):
+            with torch.no_grad():
+                engine.forward(batch.images, batch.names)  # raises, naming the samples
         for accumulator, adv in zip(accumulators, advs, strict=True):
             with torch.no_grad():
                 adv_pred = engine.forward(adv, batch.names).argmax(1)

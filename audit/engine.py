@@ -203,9 +203,16 @@ class Engine:
         masks = torch.stack([s.mask.to(self.device, torch.int64) for _, s in items])
         return Batch(images, masks, tuple(s.name for _, s in items), tuple(i for i, _ in items))
 
-    def forward(self, images: torch.Tensor, names: tuple[str, ...] = ()) -> torch.Tensor:
-        """Logits ``N x K x H x W`` in float32, checked for class count and finiteness."""
-        from audit.model import check_finite, check_num_classes
+    def forward(
+        self, images: torch.Tensor, names: tuple[str, ...] = (), *, check_finite: bool = True
+    ) -> torch.Tensor:
+        """Logits ``N x K x H x W`` in float32, checked for class count and finiteness.
+
+        ``check_finite=False`` leaves the finiteness check to the caller: it reads a value
+        back from the device, and a caller in a hot loop batches that read with others.
+        """
+        from audit.model import check_finite as check_finite_logits
+        from audit.model import check_num_classes
 
         self.forward_passes += 1
         logits = self.module(images)
@@ -219,7 +226,10 @@ class Engine:
             )
             self._classes_checked = True
         logits = logits.float()
-        check_finite(logits, names or tuple(f"batch item {i}" for i in range(len(logits))))
+        if check_finite:
+            check_finite_logits(
+                logits, names or tuple(f"batch item {i}" for i in range(len(logits)))
+            )
         return logits
 
     def attack_forward(

@@ -422,3 +422,24 @@ def test_guard_digests_do_not_depend_on_chunking_and_see_one_ulp(
     tensors[4][50] = torch.nextafter(tensors[4][50], torch.tensor(2.0))
     after = adversarial._digests(tensors)
     assert after[4] != whole[4] and after[:4] == whole[:4]
+
+
+def test_nan_logits_under_attack_name_the_samples_and_the_report_is_written(
+    pytester: pytest.Pytester, run_audit, tmp_path: Path
+) -> None:
+    from tests.conftest import NaNNet
+
+    model = save_torchscript(NaNNet(), tmp_path / "nan.pt")
+    pytester.makefile(
+        ".toml",
+        nan='[[claims]]\nid = "pgd"\nkind = "attack"\nattack = "pgd"\nnorm = "linf"\n'
+        'eps = "2/255"\nsteps = 2\nmetric = "miou"\nmin = 0.0\n',
+    )
+    result = run_audit(
+        "--audit", str(model), "--audit-suite", "nan.toml", "--audit-data", TINY_DATA
+    )
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*NaN or Inf logits for * sample(s): 'synthetic-000*"])
+    record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
+    assert record["claims"][0]["verdict"] == "error"
+    assert (pytester.path / "audit-report" / "index.html").is_file()
