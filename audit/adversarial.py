@@ -278,7 +278,7 @@ def _digests(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
     """Two position-weighted sums of each tensor's raw words, computed where it lives.
 
     Any change of any bit changes them (barring a deliberate collision).  Tensors are
-    concatenated in chunks and summed per segment, so a network of hundreds of small
+    concatenated in chunks and summed per segment (prefix sums), so a network of hundreds of small
     tensors costs a handful of kernel launches and one transfer per chunk, not thousands:
     hashing weights on the host, or one reduction per tensor, would cost more than a short
     attack.  Integer sums wrap around exactly, so the result does not depend on order.
@@ -307,9 +307,13 @@ def _digests(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
             starts = torch.cumsum(sizes, 0) - sizes
             position = torch.arange(size, device=device) - starts[segment] + 1
             words = torch.cat([w for _, w in chunk]).to(torch.int64)
-            totals = torch.zeros(2, len(chunk), dtype=torch.int64, device=device)
-            totals[0].index_add_(0, segment, words)
-            totals[1].index_add_(0, segment, words * position)
+            # Segment sums as differences of prefix sums: scatter-adds (index_add_) of
+            # millions of words into a few slots serialise on atomics and cost milliseconds.
+            prefix = torch.zeros(2, size + 1, dtype=torch.int64, device=device)
+            torch.cumsum(words, 0, out=prefix[0, 1:])
+            torch.cumsum(words * position, 0, out=prefix[1, 1:])
+            ends = starts + sizes
+            totals = prefix[:, ends] - prefix[:, starts]
             for (i, _), a, b in zip(chunk, *totals.cpu().tolist(), strict=True):
                 out[i] = (a, b)
             if member is not None:
