@@ -270,8 +270,9 @@ def _materialise(candidate: dict[str, Any]) -> AdversarialExample:
     )
 
 
-#: words summed per kernel launch in :func:`_digests`; bounds the temporary memory
-_DIGEST_CHUNK = 1 << 24
+#: words summed per chunk in :func:`_digests`: bounds its temporary device memory to about
+#: 50 bytes a word (100 MiB), at a handful of kernel launches per chunk
+_DIGEST_CHUNK = 1 << 21
 
 
 def _digests(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
