@@ -443,3 +443,61 @@ def test_nan_logits_under_attack_name_the_samples_and_the_report_is_written(
     record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
     assert record["claims"][0]["verdict"] == "error"
     assert (pytester.path / "audit-report" / "index.html").is_file()
+
+
+MIN_NORM_SUITE = """
+name = "radii"
+
+[[claims]]
+id = "pixel-radius"
+statement = "The 0.9-quantile of per-pixel L2 radii found by PDGD is non-negative"
+kind = "min_norm"
+attack = "advlib:pdgd"
+norm = "l2"
+steps = 20
+quantile = 0.9
+min = 0.0
+
+[[claims]]
+id = "image-radius"
+statement = "The median per-image L2 radius is at most 1e-6 (it is not)"
+kind = "min_norm"
+attack = "advlib:pdgd"
+norm = "l2"
+steps = 20
+radius = "image"
+max = 0.000001
+"""
+
+
+def test_min_norm_claims_share_one_run_and_report_radii(
+    pytester: pytest.Pytester, run_audit, tiny_model: Path
+) -> None:
+    pytester.makefile(".toml", radii=MIN_NORM_SUITE)
+    result = run_audit(
+        "--audit", str(tiny_model), "--audit-suite", "radii.toml", "--audit-data", TINY_DATA
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        ["*claim 'image-radius' violated: median per-image l2 radius found by advlib:pdgd is *"]
+    )
+    record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
+    (entry,) = record["evaluations"]["min_norm"]  # both claims, one attack run
+    claims_by_id = {c["id"]: c for c in record["claims"]}
+    assert claims_by_id["pixel-radius"]["measured"] == pytest.approx(
+        entry["pixel_radius"]["quantiles"]["0.9"]
+    )
+    assert entry["pixel_radius"]["count"] > 0
+    assert 0 < entry["pixel_radius"]["finite_fraction"] <= 1
+
+
+def test_min_norm_refuses_budgeted_attacks_and_needs_a_norm() -> None:
+    with pytest.raises(ConfigError, match="not a minimal-norm attack") as info:
+        parse('id = "m"\nkind = "min_norm"\nattack = "pgd"\nnorm = "l2"\nmin = 0.1')
+    assert info.value.key == "attack"
+    with pytest.raises(ConfigError, match="needs its norm"):
+        parse('id = "m"\nkind = "min_norm"\nattack = "advlib:dag"\nmin = 0.1')
+    with pytest.raises(ConfigError, match="'pixel' or 'image'"):
+        parse(
+            'id = "m"\nkind = "min_norm"\nattack = "advlib:dag"\nnorm = "l2"\nradius = "x"\nmin = 1'
+        )
