@@ -32,6 +32,8 @@ LARGE_EPS = {"linf": 16 / 255, "l2": 2.0}
 LOW_SUCCESS = 0.5
 #: share of image gradients that may be all-zero before it is reported
 ZERO_GRADIENT_SHARE = 0.05
+#: below this share of flipped pixels, noise and attack are both too weak to compare
+NOISE_FLOOR = 0.005
 
 
 def _miou(entry: Mapping[str, Any]) -> float:
@@ -168,7 +170,7 @@ def _noise_as_strong(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
             entry.get("family") != "random"
             and isinstance(attack_rate, int | float)
             and isinstance(noise_rate, int | float)
-            and noise_rate > 0
+            and noise_rate >= NOISE_FLOOR
             and attack_rate <= noise_rate
         ):
             out.append(

@@ -276,8 +276,9 @@ class AuditSession:
         from audit.diagnostics import attack_diagnostics
 
         engine = self.engine
-        evaluations = [e for e in engine.attack_evaluations.values() if e.family != "random"]
-        if not evaluations and not engine.min_norm_evaluations:
+        evaluations = list(engine.attack_evaluations.values())
+        known = set(engine.attack_evaluations)
+        if not any(e.family != "random" for e in evaluations) and not engine.min_norm_evaluations:
             return
         clean_miou = None
         if engine.is_cached(engine.key_parts("clean")) or compute:
@@ -285,6 +286,13 @@ class AuditSession:
                 clean_miou = engine.score(engine.clean().per_image, "miou")[0]
         entries = [
             self._attack_entry(e, report_dir, clean_miou, compute=compute) for e in evaluations
+        ]
+        # The noise baselines computed for those entries join the list (the report draws
+        # them as the dashed reference curve).
+        entries += [
+            self._attack_entry(e, report_dir, clean_miou, compute=False)
+            for key, e in list(engine.attack_evaluations.items())
+            if key not in known
         ]
         self.recorder.evaluations["attacks"] = entries
         self.recorder.diagnostics = attack_diagnostics(entries)

@@ -248,7 +248,7 @@ def test_every_attack_leaves_the_model_bit_identical(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "report" / "results.json").read_text())
     assert {c["verdict"] for c in record["claims"]} == {"passed"}
     attacks = {e["attack"] for e in record["evaluations"]["attacks"]}
-    assert attacks == {a for a, _, _ in ALL_ATTACKS} - {"noise"}
+    assert attacks == {a for a, _, _ in ALL_ATTACKS}  # noise baselines included
 
 
 SWEEP_SUITE = """

@@ -84,8 +84,13 @@ def _eps_value(value: float) -> str:
 
 
 def fmt_params(params: Mapping[str, Any]) -> str:
-    """``{"steps": 20, "restarts": 1}`` -> ``"steps=20, restarts=1"`` (canonical order kept)."""
-    return ", ".join(f"{key}={fmt_any(value)}" for key, value in params.items())
+    """``{"steps": 20, "restarts": 1}`` -> ``"steps=20, restarts=1"`` (canonical order kept).
+
+    Parameters left at ``None`` mean "the attack's own schedule" and are not shown.
+    """
+    return ", ".join(
+        f"{key}={fmt_any(value)}" for key, value in params.items() if value is not None
+    )
 
 
 @dataclass
