@@ -114,7 +114,7 @@ class _Evaluation:
 
     @property
     def label(self) -> str:
-        return f"{self.attack} ({self.params_label})" if self.params else self.attack
+        return f"{self.attack} ({self.params_label})" if self.params_label else self.attack
 
     @property
     def series_key(self) -> str:
