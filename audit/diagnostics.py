@@ -179,7 +179,14 @@ def _noise_as_strong(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
                     entry,
                     f"random noise of the same norm flips {noise_rate:.1%} of the pixels, "
                     f"{entry.get('attack')} only {attack_rate:.1%} at {_where(entry)}: the "
-                    "attack is not using the gradient",
+                    "attack is not using the gradient"
+                    + (
+                        " (a least-likely attack aims at one far class, not at any error: "
+                        "weak damage is expected of it on a smooth model, less so of the "
+                        "untargeted attacks)"
+                        if str(entry.get("attack")).endswith("-ll")
+                        else ""
+                    ),
                 )
             )
     return out

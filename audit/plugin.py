@@ -230,6 +230,16 @@ class AuditRun:
             terminalreporter.write_sep("-", "SegAudit")
             terminalreporter.write_line(f"audit report: {self.report_dir / 'index.html'}")
             terminalreporter.write_line(f"audit record: {self.report_dir / 'results.json'}")
+        diagnostics = self.audit.recorder.diagnostics
+        if diagnostics:
+            # Not failures: they question how strong the evaluation was, not a claim.
+            terminalreporter.write_line(
+                f"{len(diagnostics)} diagnostic(s): the attacks may be too weak or the model "
+                "may mask gradients (see the report):",
+                yellow=True,
+            )
+            for finding in diagnostics:
+                terminalreporter.write_line(f"  {finding['check']}: {finding['message']}")
 
 
 class SuiteCollector(pytest.Collector):

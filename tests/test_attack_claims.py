@@ -323,6 +323,8 @@ def test_sweep_items_pass_and_fail_with_sentences_and_evidence(
     asr = claims_by_id["pgd-asr"]
     assert asr["measured"] == pytest.approx(entries[asr["evidence"]["evaluation"]]["success_rate"])
     assert isinstance(record["diagnostics"], list)
+    for finding in record["diagnostics"]:  # also printed, after the report's path
+        result.stdout.fnmatch_lines([f"  {finding['check']}: *"])
     html = (pytester.path / "audit-report" / "index.html").read_text()
     assert "IoU ratio" in html and "<svg" in html
 
