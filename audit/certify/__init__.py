@@ -1,0 +1,1 @@
+"""Lipschitz certificates: provable upper bounds from weights, and searches for lower bounds."""

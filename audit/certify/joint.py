@@ -1,0 +1,446 @@
+"""Joint-budget certified metrics (Massena et al., reference section 3), as per-image state.
+
+Budget model.  An L2 perturbation with ``||delta||_2 <= eps`` moves the whole logit map by at
+most ``L eps`` in L2, so its *squared* output budget is ``B = (L (1 + kappa) eps)^2`` (the
+``1 + kappa`` absorbs float32 rounding in the forward pass, see :mod:`.margins`).  Changing
+the argmax at pixel ``p`` costs at least ``c_p = m_p^2 / 2`` of it, and pixels own disjoint
+output coordinates, so a set of pixels can all change only if their costs sum to at most
+``B``.  The attacker here is that relaxed one: anything a real attacker does is also
+possible for it, so every count below is a sound bound for the real model, and exact for
+the relaxation.  Each image has its own perturbation and its own budget ``B``.
+
+Shapes.  ``logits`` N x K x H x W (float32/float64, cast to float64 here), ``labels``
+N x H x W, ``eps_grid`` a 1-D sequence of E epsilons in [0, 1] pixel space.  Every curve over
+the grid comes from one forward pass and one sort per image (per class for IoU): the grid is
+answered by ``searchsorted`` on cumulative costs.
+
+Aggregation (the pitfall of reference section 3).  Certified pixel accuracy counts are
+additive: a per-image lower bound on correct pixels sums to a lower bound on the dataset's.
+Per-image *worst-case IoU pairs* are not: choosing each image's worst ratio and summing
+numerators and denominators is NOT a lower bound of the dataset IoU, because a ratio's worst
+case for one image depends on the others' denominators.  Use
+:func:`mean_per_image_iou_lower_bound` (a different metric, averaged per image) or
+:func:`dataset_iou_lower_bound` (the dataset IoU's exact minimum by bisection on lambda).
+
+No per-pixel Python loops; per-class loops over K.  Works on any device; only shape sizes
+and final scalars leave it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .margins import DEFAULT_KAPPA, flip_costs, is_certified, output_budget
+
+__all__ = [
+    "IoUProfile",
+    "certified_fraction_counts",
+    "certified_miou_lower_bound",
+    "certified_pixel_accuracy_counts",
+    "dataset_iou_lower_bound",
+    "iou_profile",
+    "mean_per_image_iou_lower_bound",
+    "robustness_at_alpha",
+    "worst_case_iou_counts",
+]
+
+EpsGrid = float | Sequence[float] | torch.Tensor
+
+#: unit roundoff of float64, for the bisection's rounding slack
+_UNIT_ROUNDOFF = 2.0**-53
+
+
+def _grid(eps_grid: EpsGrid, lipschitz: float, kappa: float, device: torch.device) -> torch.Tensor:
+    """The E squared output budgets of a 1-D grid (a scalar counts as a grid of one)."""
+    budget = output_budget(lipschitz, eps_grid, kappa=kappa, device=device)
+    if budget.dim() > 1:
+        raise ValueError(f"eps_grid must be 1-D, got shape {tuple(budget.shape)}")
+    return budget.reshape(-1)
+
+
+def _labelled(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
+    """Mask of labelled pixels; labels outside [0, K) that are not ignored raise."""
+    keep = (
+        torch.ones_like(labels, dtype=torch.bool)
+        if ignore_index is None
+        else labels != ignore_index
+    )
+    bad = keep & ((labels < 0) | (labels >= num_classes))
+    if bool(bad.any()):
+        values = sorted(set(labels[bad].unique().tolist()))
+        raise ValueError(f"labels hold {values} outside [0, {num_classes}) and not ignored")
+    return keep
+
+
+def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if labels.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape)}"
+        )
+
+
+def _prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """Per row of ``costs`` (N x P, ``inf`` = not a candidate): how many of the cheapest
+    candidates fit in each budget together; N x E int64 from one sort."""
+    cumulative = costs.sort(dim=1).values.cumsum(dim=1)
+    values = budget.unsqueeze(0).expand(costs.shape[0], -1).contiguous()
+    return torch.searchsorted(cumulative, values, right=True)
+
+
+def certified_pixel_accuracy_counts(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lipschitz: float,
+    eps_grid: EpsGrid,
+    *,
+    ignore_index: int | None = 255,
+    kappa: float = DEFAULT_KAPPA,
+) -> torch.Tensor:
+    """Certified-correct and labelled pixel counts per image and epsilon, N x E x 2 int64.
+
+    Column 0: correct pixels that stay correct under every perturbation of norm ``eps``.  The
+    attacker can break at most the longest prefix of the image's correct pixels, sorted by
+    cost, whose cumulative cost fits in ``B``; the rest are certified.  Pixels already wrong
+    cost nothing and are never counted.  Column 1: labelled pixels.  Both columns are additive
+    over images (each image's bound holds for its own perturbation), so ``counts.sum(0)`` with
+    :func:`audit.metrics.ratio_of_sums` gives the dataset's certified pixel accuracy.  At
+    ``eps = 0`` column 0 is the clean correct count minus exact ties (margin 0).
+    """
+    _check_labels(logits, labels)
+    budget = _grid(eps_grid, lipschitz, kappa, logits.device)
+    pred, cost = flip_costs(logits)
+    keep = _labelled(labels, logits.shape[1], ignore_index)
+    n = logits.shape[0]
+    cost = cost.reshape(n, -1)
+    correct = (keep & (pred == labels)).reshape(n, -1)
+    broken = _prefix_counts(torch.where(correct, cost, math.inf), budget)
+    certified = correct.sum(1, keepdim=True) - broken
+    total = keep.reshape(n, -1).sum(1, keepdim=True).expand_as(certified)
+    return torch.stack([certified, total], dim=-1)
+
+
+def certified_fraction_counts(
+    logits: torch.Tensor,
+    lipschitz: float,
+    eps_grid: EpsGrid,
+    *,
+    mask: torch.Tensor | None = None,
+    kappa: float = DEFAULT_KAPPA,
+) -> torch.Tensor:
+    """Label-free certificates per image and epsilon, N x E x 3 int64.
+
+    Column 0: pixels whose prediction is certified individually
+    (:func:`.margins.is_certified`, radius > eps).  Column 1: the joint guarantee, how many
+    predictions are certain to stay unchanged under one perturbation of norm ``eps`` (counted
+    pixels minus the most the joint budget can flip).  Column 2: pixels counted (``mask``,
+    N x H x W bool, default all).  Column 1 >= column 0 mathematically (an individually
+    certified pixel never fits in the affordable prefix); both are sound, and the larger is
+    kept so float rounding at the exact boundary cannot invert them.  Additive over images.
+    """
+    budget = _grid(eps_grid, lipschitz, kappa, logits.device)
+    _, cost = flip_costs(logits)
+    n = logits.shape[0]
+    if mask is None:
+        mask = torch.ones_like(cost, dtype=torch.bool)
+    if mask.shape != cost.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(cost.shape)}")
+    mask = mask.reshape(n, -1)
+    eps = torch.as_tensor(eps_grid, dtype=torch.float64, device=logits.device).reshape(-1)
+    single = is_certified(logits, lipschitz, eps, kappa=kappa).reshape(n, eps.numel(), -1)
+    individual = (single & mask.unsqueeze(1)).sum(-1)
+    counted = mask.sum(1, keepdim=True)
+    flippable = _prefix_counts(torch.where(mask, cost.reshape(n, -1), math.inf), budget)
+    joint = torch.maximum(counted - flippable, individual)
+    return torch.stack([individual, joint, counted.expand_as(joint)], dim=-1)
+
+
+def robustness_at_alpha(
+    logits: torch.Tensor,
+    lipschitz: float,
+    alpha: float,
+    *,
+    mask: torch.Tensor | None = None,
+    kappa: float = DEFAULT_KAPPA,
+) -> torch.Tensor:
+    """Per image, the certified L2 radius below which no perturbation changes the prediction
+    of a fraction ``alpha`` of its pixels (N float64; labels not needed).
+
+    Flipping the ``k = ceil(alpha * n)`` cheapest pixels costs ``S_k`` (the sum of their
+    ``m^2 / 2``), and any other ``k`` pixels cost more, so ``eps = sqrt(S_k) / (L (1 +
+    kappa))`` is the smallest radius whose budget ``(L (1 + kappa) eps)^2`` covers them.  For
+    one pixel this is the per-pixel radius ``m / (sqrt(2) L (1 + kappa))``.  ``alpha = 0``
+    gives 0; an image with no counted pixel (``mask``) gives NaN.
+    """
+    lip = float(output_budget(lipschitz, 1.0, kappa=kappa).sqrt())  # L (1 + kappa), checked
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
+    _, cost = flip_costs(logits)
+    n = logits.shape[0]
+    if mask is None:
+        mask = torch.ones_like(cost, dtype=torch.bool)
+    if mask.shape != cost.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(cost.shape)}")
+    mask = mask.reshape(n, -1)
+    counted = mask.sum(1)
+    # the 1e-12 keeps alpha * n = 3.0000000000000004 from asking for a fourth pixel
+    k = torch.ceil(counted.to(torch.float64) * float(alpha) * (1.0 - 1e-12)).long()
+    cumulative = torch.where(mask, cost.reshape(n, -1), math.inf).sort(1).values.cumsum(1)
+    cumulative = torch.cat([torch.zeros_like(cumulative[:, :1]), cumulative], dim=1)
+    total = cumulative.gather(1, k.unsqueeze(1)).squeeze(1)
+    radius = total.sqrt() / lip
+    return torch.where(counted > 0, radius, math.nan)
+
+
+@dataclass(frozen=True)
+class IoUProfile:
+    """Everything the joint-budget attacker can do to each image's IoU, per epsilon and class.
+
+    For class k of image i, the attacker breaks ``t`` true positives (cheapest first, each
+    becomes a false negative) and spends what remains of ``B`` on turning the cheapest true
+    negatives into false positives.  ``flips[i, e, k, t]`` is that largest number of new false
+    positives, ``f(t)``, at ``eps[e]``; ``-1`` where breaking ``t`` true positives alone is
+    unaffordable (or ``t`` exceeds them).  ``t = 0`` is always affordable.  Other moves
+    (removing a false positive, repairing a false negative) only raise IoU and are left out.
+
+    The attacked IoU after choice ``t`` is ``(tp - t) / (tp + fp + fn + f(t))``.  Profiles of
+    batches concatenate along images (:meth:`cat`); keeping them, not per-image minima, is what
+    lets :func:`dataset_iou_lower_bound` solve the dataset-level problem exactly.
+
+    Memory: ``N x E x K x M`` int64, ``M - 1`` the most true positives of one class that the
+    largest budget can break in one image.  Small for robust models at small epsilons; for
+    large budgets on large images it grows with the image.
+    """
+
+    tp: torch.Tensor  #: N x K int64, clean true positives (labelled pixels only)
+    fn: torch.Tensor  #: N x K int64, clean false negatives
+    fp: torch.Tensor  #: N x K int64, clean false positives
+    labelled: torch.Tensor  #: N int64, labelled pixels per image
+    flips: torch.Tensor  #: N x E x K x M int64, f(t); -1 where t is unaffordable
+    eps: torch.Tensor  #: E float64
+
+    @property
+    def base(self) -> torch.Tensor:
+        """Clean IoU denominators ``tp + fp + fn``, N x K."""
+        return self.tp + self.fp + self.fn
+
+    @classmethod
+    def cat(cls, profiles: Sequence[IoUProfile]) -> IoUProfile:
+        """Concatenate the images of several profiles (same epsilons and classes)."""
+        if not profiles:
+            raise ValueError("need at least one profile")
+        first = profiles[0]
+        for p in profiles[1:]:
+            if p.eps.shape != first.eps.shape or not torch.equal(p.eps.cpu(), first.eps.cpu()):
+                raise ValueError("profiles use different epsilon grids")
+            if p.tp.shape[1] != first.tp.shape[1]:
+                raise ValueError("profiles have different numbers of classes")
+        width = max(p.flips.shape[-1] for p in profiles)
+        flips = [
+            torch.nn.functional.pad(p.flips, (0, width - p.flips.shape[-1]), value=-1)
+            for p in profiles
+        ]
+        return cls(
+            tp=torch.cat([p.tp for p in profiles]),
+            fn=torch.cat([p.fn for p in profiles]),
+            fp=torch.cat([p.fp for p in profiles]),
+            labelled=torch.cat([p.labelled for p in profiles]),
+            flips=torch.cat(flips),
+            eps=first.eps,
+        )
+
+    def worst_case_counts(self) -> torch.Tensor:
+        """Per image the attacked ``(tp, tp + fp + fn)`` pair of least IoU, N x E x K x 2.
+
+        Exact for the budget model: every affordable ``t`` is tried (vectorised) with its best
+        ``f(t)``.  ``(0, 0)`` where the class is absent from the image's labels and prediction
+        and cannot be made to appear.  These pairs must NOT be summed over images to bound a
+        dataset IoU (module docstring); see :func:`dataset_iou_lower_bound`.
+        """
+        steps = torch.arange(self.flips.shape[-1], device=self.flips.device)
+        tp = self.tp[:, None, :, None]
+        num = tp - steps
+        den = self.base[:, None, :, None] + self.flips
+        usable = (self.flips >= 0) & (den > 0)
+        ratio = torch.where(usable, num.double() / den.clamp(min=1).double(), math.inf)
+        best = ratio.argmin(dim=-1, keepdim=True)
+        pair_num = num.expand_as(den).gather(-1, best).squeeze(-1)
+        pair_den = den.gather(-1, best).squeeze(-1)
+        return torch.stack([pair_num, pair_den], dim=-1)
+
+
+def iou_profile(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lipschitz: float,
+    eps_grid: EpsGrid,
+    *,
+    ignore_index: int | None = 255,
+    kappa: float = DEFAULT_KAPPA,
+) -> IoUProfile:
+    """Build the :class:`IoUProfile` of a batch: one sort per class and image, all epsilons.
+
+    Costs (reference section 3), per class k over labelled pixels: a true positive leaves k
+    at ``(z_k - max_{j != k} z_j)^2 / 2`` (its own ``m^2 / 2``); a true negative becomes k at
+    ``(max_{j != k} z_j - z_k)^2 / 2``.  These are least squared output displacements, so the
+    profile's attacker is at least as strong as any real one within ``eps``.
+    """
+    _check_labels(logits, labels)
+    budget = _grid(eps_grid, lipschitz, kappa, logits.device)
+    pred, cost = flip_costs(logits)
+    num_classes = logits.shape[1]
+    keep = _labelled(labels, num_classes, ignore_index)
+    n, e = logits.shape[0], budget.numel()
+    z = logits.detach().to(torch.float64).reshape(n, num_classes, -1)
+    top = z.amax(dim=1)
+    pred, cost, keep = pred.reshape(n, -1), cost.reshape(n, -1), keep.reshape(n, -1)
+    labels = labels.reshape(n, -1)
+    tps, fns, fps, per_class = [], [], [], []
+    for k in range(num_classes):
+        truth, said = keep & (labels == k), keep & (pred == k)
+        tp, tn = truth & said, keep & ~truth & ~said
+        tps.append(tp.sum(1))
+        fns.append((truth & ~said).sum(1))
+        fps.append((keep & ~truth & said).sum(1))
+        gain = (top - z[:, k]).square() / 2
+        gain = torch.where(torch.isfinite(gain), gain, 0.0)
+        breaks = torch.where(tp, cost, math.inf).sort(1).values.cumsum(1)
+        joins = torch.where(tn, gain, math.inf).sort(1).values.cumsum(1).contiguous()
+        affordable = torch.searchsorted(breaks, budget.expand(n, e).contiguous(), right=True)
+        width = int(affordable.max().item()) + 1 if n else 1
+        spent = torch.cat([torch.zeros_like(breaks[:, :1]), breaks[:, : width - 1]], dim=1)
+        left = budget.view(1, e, 1) - spent.view(n, 1, width)
+        f = torch.searchsorted(joins, left.reshape(n, -1).contiguous(), right=True)
+        per_class.append(torch.where(left >= 0, f.reshape(n, e, width), -1))
+    width = max(f.shape[-1] for f in per_class)
+    flips = torch.stack(
+        [torch.nn.functional.pad(f, (0, width - f.shape[-1]), value=-1) for f in per_class],
+        dim=2,
+    )
+    return IoUProfile(
+        tp=torch.stack(tps, 1),
+        fn=torch.stack(fns, 1),
+        fp=torch.stack(fps, 1),
+        labelled=keep.sum(1),
+        flips=flips,
+        eps=torch.as_tensor(eps_grid, dtype=torch.float64, device=logits.device).reshape(-1),
+    )
+
+
+def worst_case_iou_counts(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lipschitz: float,
+    eps_grid: EpsGrid,
+    *,
+    ignore_index: int | None = 255,
+    kappa: float = DEFAULT_KAPPA,
+) -> torch.Tensor:
+    """Per image, epsilon and class the attacked ``(tp, tp + fp + fn)`` of least IoU,
+    N x E x K x 2 int64 (:meth:`IoUProfile.worst_case_counts`).
+
+    Additive-looking but NOT additive: never sum it over images to bound a dataset IoU.
+    """
+    profile = iou_profile(
+        logits, labels, lipschitz, eps_grid, ignore_index=ignore_index, kappa=kappa
+    )
+    return profile.worst_case_counts()
+
+
+def mean_per_image_iou_lower_bound(worst_counts: torch.Tensor) -> torch.Tensor:
+    """Lower bound of the mean over images of per-image IoU, E x K float64.
+
+    ``worst_counts`` is :func:`worst_case_iou_counts`'s N x E x K x 2.  Images whose
+    worst-case denominator is 0 (class absent from labels and prediction, and it cannot be made
+    to appear) are skipped, as an IoU over nothing is undefined; NaN where every image is.
+    Sound: an image with the class in its labels keeps a positive denominator under any
+    attack and its IoU is at least its worst case; an image without it has IoU 0 if the class
+    appears, and the bound already counts every image where it can appear, at 0.
+    """
+    num, den = worst_counts[..., 0].double(), worst_counts[..., 1].double()
+    present = den > 0
+    ratio = torch.where(present, num / den.clamp(min=1), 0.0)
+    count = present.sum(0)
+    return torch.where(count > 0, ratio.sum(0) / count.clamp(min=1), math.nan)
+
+
+def _best_choice(profile: IoUProfile, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image, the attacker's choice minimising ``tp' - lam * den'``: it maximises
+    ``t + lam * f(t)``.  Returns the summed ``(tp', den')`` over images, E x K float64."""
+    steps = torch.arange(profile.flips.shape[-1], device=lam.device, dtype=torch.float64)
+    gain = steps + lam[None, :, :, None] * profile.flips.double()
+    gain = torch.where(profile.flips >= 0, gain, -math.inf)
+    t = gain.argmax(dim=-1, keepdim=True)
+    f = profile.flips.gather(-1, t).squeeze(-1)
+    num = (profile.tp[:, None, :] - t.squeeze(-1)).double().sum(0)
+    den = (profile.base[:, None, :] + f).double().sum(0)
+    return num, den
+
+
+def dataset_iou_lower_bound(profile: IoUProfile, *, tol: float = 1e-6) -> torch.Tensor:
+    """Lower bound of the dataset-level IoU (one summed confusion matrix) under attack, E x K.
+
+    The attacker perturbs every image independently within its own budget and minimises
+    ``sum_i tp_i' / sum_i den_i'``.  For a ratio, "lambda >= min" is equivalent to
+    ``min sum_i (tp_i' - lambda den_i') <= 0``, and that minimum separates per image
+    (:func:`_best_choice`), so bisection on lambda in [0, 1] finds the exact minimum of this
+    fractional problem (Dinkelbach's parametrisation).  The result is the infeasible end of
+    the final bracket (width <= ``tol``) minus a float64 rounding slack, so it never exceeds
+    the true minimum.  A class absent from every image's labels gets 0 if it can be made to
+    appear somewhere and NaN if it cannot (its IoU is then undefined).
+    """
+    if not 0.0 < tol < 1.0:
+        raise ValueError(f"tol must lie in (0, 1), got {tol!r}")
+    shape = (profile.flips.shape[1], profile.flips.shape[2])
+    device = profile.flips.device
+    support = (profile.tp + profile.fn).double().sum(0).expand(shape)
+    lo = torch.zeros(shape, dtype=torch.float64, device=device)
+    hi = torch.ones(shape, dtype=torch.float64, device=device)
+    num, _ = _best_choice(profile, lo)
+    zero = num <= 0
+    for _ in range(math.ceil(math.log2(1.0 / tol))):
+        mid = (lo + hi) / 2
+        num, den = _best_choice(profile, mid)
+        feasible = num - mid * den <= 0
+        hi = torch.where(feasible, mid, hi)
+        lo = torch.where(feasible, lo, mid)
+    slack = 8 * _UNIT_ROUNDOFF * (profile.labelled.double().sum() + 1) / support.clamp(min=1)
+    bound = torch.where(zero, 0.0, (lo - slack).clamp(min=0.0))
+    appears = ((profile.fp[:, None, :] > 0) | (profile.flips[..., 0] > 0)).any(0)
+    absent = torch.where(appears, 0.0, math.nan)
+    return torch.where(support > 0, bound, absent)
+
+
+def certified_miou_lower_bound(
+    profile: IoUProfile,
+    *,
+    aggregation: Literal["dataset", "per_image"] = "dataset",
+    tol: float = 1e-6,
+) -> torch.Tensor:
+    """Lower bound of mIoU under attack per epsilon, E float64: the mean over classes of
+    sound per-class lower bounds, over the classes whose bound is defined.
+
+    ``aggregation="dataset"`` bounds :func:`audit.metrics.miou` of the summed confusion
+    matrix (classes present in labels or prediction), from :func:`dataset_iou_lower_bound`.
+    ``"per_image"`` bounds the class mean of per-class mean-over-images IoU, from
+    :func:`mean_per_image_iou_lower_bound`; it is a different metric, name it when reporting.
+
+    Soundness: each class's bound holds against every attack, so their sum bounds the sum for
+    the one attack actually used.  Classes in some label are always in the mean; a class in
+    no label enters the real mean only if it appears in the attacked prediction, with IoU 0,
+    and it is counted here (at 0) wherever it can appear, which only lowers the mean.
+    """
+    if aggregation == "dataset":
+        per_class = dataset_iou_lower_bound(profile, tol=tol)
+    elif aggregation == "per_image":
+        per_class = mean_per_image_iou_lower_bound(profile.worst_case_counts())
+    else:
+        raise ValueError(f"aggregation must be 'dataset' or 'per_image', got {aggregation!r}")
+    present = ~torch.isnan(per_class)
+    count = present.sum(-1)
+    total = torch.where(present, per_class, 0.0).sum(-1)
+    return torch.where(count > 0, total / count.clamp(min=1), math.nan)
