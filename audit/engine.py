@@ -132,6 +132,10 @@ class Engine:
         #: successful adversarial evaluations by cache key, in the order they were computed
         self.attack_evaluations: dict[str, AttackEvaluation] = {}
         self.min_norm_evaluations: dict[str, MinNormEvaluation] = {}
+        #: certification results (audit.certification), for the report
+        self.certifications: dict[str, Any] = {}
+        #: certificate-soundness results (audit.soundness), for the report
+        self.soundness: dict[str, Any] = {}
         self._classes_checked = False
         self.module = model.module.to(self.device)
 

@@ -183,6 +183,9 @@ class AuditSession:
             )
             raise
         verdict = judge(spec, measurement)
+        evidence = dict(measurement.evidence)
+        if measurement.artifacts:
+            evidence["files"] = self._save_artifacts(spec, measurement.artifacts)
         entry = self.recorder.record_claim(
             spec.nodeid,
             verdict="passed" if verdict.passed else "failed",
@@ -193,12 +196,29 @@ class AuditSession:
             num_samples=measurement.num_samples,
             condition=measurement.condition,
             quantity=measurement.quantity,
-            evidence=dict(measurement.evidence),
+            evidence=evidence,
             duration_s=round(time.perf_counter() - start, 4),
         )
         if not verdict.passed:
             raise ClaimFailed(verdict, spec.statement)
         return entry
+
+    def _save_artifacts(self, spec: ClaimSpec, artifacts: Any) -> dict[str, str]:
+        """Save a claim's arrays under ``<report>/evidence/<claim>/``; paths relative to the
+        report folder, so the report links them and the folder moves as a whole."""
+        import re
+
+        import numpy as np
+
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.nodeid).strip("-")
+        folder = self.settings.report_dir / "evidence" / slug
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = {}
+        for name, array in artifacts.items():
+            path = folder / f"{name}.npy"
+            np.save(path, np.asarray(array))
+            saved[name] = str(path.relative_to(self.settings.report_dir))
+        return saved
 
     # -- the end ------------------------------------------------------------------------
     def finish(self, *, complete: bool) -> Path:
@@ -210,6 +230,7 @@ class AuditSession:
             # An interrupted run reports what it has, but starts no new computation.
             self._record_clean_evaluation(report_dir, compute=complete)
             self._record_attack_evaluations(report_dir, compute=complete)
+            self._record_certifications(report_dir)
         self.recorder.finished = True
         self.recorder.provenance["finished_at"] = now_iso()
         results = self.recorder.write(report_dir, complete=complete)
@@ -357,6 +378,132 @@ class AuditSession:
                 ignore_index=engine.ignore_index,
             ),
         }
+
+    def _record_certifications(self, report_dir: Path) -> None:
+        """Certification curves, radius heat maps and soundness checks, for the report."""
+        engine = self.engine
+        if not engine.certifications and not engine.soundness:
+            return
+        entries = [
+            _certification_entry(c, report_dir, engine) for c in engine.certifications.values()
+        ]
+        self.recorder.evaluations["certificates"] = entries
+        soundness = []
+        for nodeid, result in engine.soundness.items():
+            claim = self.recorder.claims.get(nodeid, {})
+            files = (claim.get("evidence") or {}).get("files", {})
+            counterexample = dict(result.counterexample) if result.counterexample else None
+            if counterexample is not None:
+                counterexample["files"] = {
+                    k: v for k, v in files.items() if k in ("input", "perturbation")
+                }
+            falsified = None
+            if result.falsified is not None:
+                falsified = {
+                    "lower_bound": result.falsified.value,
+                    "method": result.falsified.method,
+                    "files": {k: v for k, v in files.items() if k.startswith("falsifying")},
+                }
+            soundness.append(
+                {
+                    "claim": nodeid,
+                    "eps": result.eps,
+                    "violations": result.violations,
+                    "lipschitz": result.lipschitz.to_dict(),
+                    "checks": [c.to_dict() for c in result.checks],
+                    "counterexample": counterexample,
+                    "falsified": falsified,
+                    "num_samples": result.num_samples,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+        self.recorder.evaluations["soundness"] = soundness
+
+
+def _certification_entry(cert: Any, report_dir: Path, engine: Any) -> dict[str, Any]:
+    import hashlib
+
+    from audit import metrics
+    from audit.certification import KAPPA, LipschitzCertification, smoothing_miou
+
+    if isinstance(cert, LipschitzCertification):
+        digest = hashlib.sha256(repr((cert.lipschitz.value, cert.radii)).encode()).hexdigest()
+        entry_id = f"lipschitz-{digest[:6]}"
+        pa = cert.pixel_accuracy.sum(0)
+        frac = cert.fraction.sum(0)
+        return {
+            "id": entry_id,
+            "certifier": "lipschitz",
+            "lipschitz": cert.lipschitz.to_dict(),
+            "radii": list(cert.radii),
+            "certified_pixel_accuracy": [
+                finite_or_none(float(metrics.ratio_of_sums(row))) for row in pa
+            ],
+            "certified_fraction": [
+                finite_or_none(float(metrics.ratio_of_sums(row))) for row in frac
+            ],
+            "clean_pixel_accuracy": finite_or_none(cert.clean_pixel_accuracy),
+            "resolution": (
+                list(engine.clean().resolution or []) or None
+                if engine.is_cached(engine.key_parts("clean"))
+                else None
+            ),
+            "num_samples": cert.num_samples,
+            "forward_passes": cert.forward_passes,
+            "seconds": round(cert.seconds, 4),
+            "kappa": KAPPA,
+            "examples": _write_radius_maps(report_dir, entry_id, cert.examples),
+        }
+    digest = hashlib.sha256(repr(sorted(cert.config.items())).encode()).hexdigest()
+    cm = cert.per_image.sum(0).numpy()
+    return {
+        "id": f"smoothing-{digest[:6]}",
+        "certifier": "smoothing",
+        "config": dict(cert.config),
+        "radius": cert.radius,
+        "certified_pixel_accuracy": finite_or_none(float(metrics.pixel_accuracy(cm))),
+        "certified_miou": finite_or_none(float(smoothing_miou(cm))),
+        "abstain_rate": finite_or_none(float(cert.abstained.sum() / cert.pixels.sum())),
+        "num_samples": cert.num_samples,
+        "forward_passes": cert.forward_passes,
+        "seconds": round(cert.seconds, 4),
+    }
+
+
+#: viridis at five stops, for radius heat maps (the report draws the same colour bar)
+_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
+
+
+def _write_radius_maps(report_dir: Path, entry_id: str, examples: Any) -> list[dict[str, Any]]:
+    import numpy as np
+    from PIL import Image
+
+    folder = report_dir / "certificates" / entry_id
+    folder.mkdir(parents=True, exist_ok=True)
+    stops = np.asarray(_VIRIDIS, dtype=np.float64)
+    out = []
+    for i, ex in enumerate(examples):
+        radius = np.nan_to_num(ex.radius.astype(np.float64), nan=0.0, posinf=0.0)
+        top = float(np.quantile(radius, 0.99)) or 1e-12
+        scaled = np.clip(radius / top, 0, 1) * (len(stops) - 1)
+        low = np.floor(scaled).astype(int).clip(0, len(stops) - 2)
+        frac = (scaled - low)[..., None]
+        rgb = (stops[low] * (1 - frac) + stops[low + 1] * frac).round().astype(np.uint8)
+        Image.fromarray(ex.image).save(folder / f"{i}-image.png", optimize=True)
+        Image.fromarray(rgb).save(folder / f"{i}-radius.png", optimize=True)
+        out.append(
+            {
+                "name": ex.name,
+                "image": f"certificates/{entry_id}/{i}-image.png",
+                "radius_map": f"certificates/{entry_id}/{i}-radius.png",
+                "radius_max_shown": top,
+                "median_radius": float(np.median(radius)),
+                "certified_share_at": {
+                    str(r): float((radius > r).mean()) for r in (0.05, 0.1, 0.17)
+                },
+            }
+        )
+    return out
 
 
 def _min_norm_entry(ev: Any) -> dict[str, Any]:

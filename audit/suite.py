@@ -120,7 +120,9 @@ def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimS
         )
     threshold = Threshold(min=_number(raw, "min", where), max=_number(raw, "max", where))
     if threshold.min is None and threshold.max is None:
-        raise where.error("missing threshold: give 'min' and/or 'max'", key="min")
+        if kind.default_threshold is None:
+            raise where.error("missing threshold: give 'min' and/or 'max'", key="min")
+        threshold = kind.default_threshold
     if kind.value_range is not None:
         low, high = kind.value_range
         for key, value in (("min", threshold.min), ("max", threshold.max)):

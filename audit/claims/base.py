@@ -97,6 +97,9 @@ class Measurement:
     num_samples: int
     interval: Interval | None = None
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: arrays to keep next to the report (a counterexample's input and perturbation):
+    #: file name -> array; the session saves them as ``.npy`` and lists them in the evidence
+    artifacts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ class ClaimKind(ABC):
     keys: ClassVar[Mapping[str, str]] = {}
     #: the range a threshold may take, e.g. (0, 1) for scores; None for unbounded
     value_range: ClassVar[tuple[float, float] | None] = (0.0, 1.0)
+    #: the threshold when a claim gives neither ``min`` nor ``max`` (None: one is required)
+    default_threshold: ClassVar[Threshold | None] = None
 
     @classmethod
     @abstractmethod

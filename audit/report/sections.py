@@ -16,6 +16,7 @@ from typing import Any
 
 from audit.errors import ConfigError
 from audit.report.attacks import build_attacks
+from audit.report.certificates import build_certificates
 from audit.report.format import (
     _MISSING,
     _color,
@@ -465,6 +466,7 @@ _SECTIONS: list[Section] = [
     Section("clean", "Clean evaluation", "_clean.html.j2", build_clean),
     Section("confusion", "Confusion matrix", "_confusion.html.j2", build_confusion),
     Section("attacks", "Attacks", "_attacks.html.j2", build_attacks),
+    Section("certificates", "Certificates", "_certificates.html.j2", build_certificates),
     Section("provenance", "Provenance", "_provenance.html.j2", build_provenance),
 ]
 

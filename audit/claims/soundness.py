@@ -1,0 +1,84 @@
+"""``kind = "certificate_soundness"``: no attack may beat a certificate.
+
+The listed attacks run at the claimed L2 radius against the model's own clean predictions.
+A pixel certified at a radius above the perturbation's norm whose prediction changes is a
+violation; so is a certified pixel accuracy above the attacked pixel accuracy at the same
+radius.  Minimal-norm attacks also give each pixel an empirical radius, which must not fall
+below its certified radius.  A violation fails the item and leaves a reproducible
+counterexample (input, perturbation, pixel, margin, L, norm) in the report folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from audit.attacks import check_name
+from audit.claims import register
+from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Threshold, Where
+from audit.claims.certified import CERTIFIER_KEYS, expand_radii, parse_certifier, parse_l2_radii
+
+if TYPE_CHECKING:
+    from audit.engine import Engine
+
+#: the attack set of the issue: PGD-L2, CosPGD-L2, a minimal-norm attack, a random search
+DEFAULT_ATTACKS = ("pgd", "cospgd", "advlib:pdpgd", "search")
+
+
+@register
+class CertificateSoundnessClaim(ClaimKind):
+    name = "certificate_soundness"
+    value_range = None
+    #: the measured value is the number of violations: any one fails the claim
+    default_threshold = Threshold(max=0.0)
+    keys: ClassVar[Mapping[str, str]] = {
+        **CERTIFIER_KEYS,
+        "norm": "'l2' (mandatory)",
+        "eps": "the L2 radius the attacks get, or a list (one item each)",
+        "attacks": "attacks to run: L2 attacks by name (pgd, cospgd, segpgd, "
+        "torchattacks:PGDL2, foolbox:L2PGD, advlib:<min-norm attack>) and 'search' "
+        f"(a hypothesis search over directions); default {list(DEFAULT_ATTACKS)}",
+        "steps": "iterations of the gradient attacks (default 50)",
+        "search_examples": "directions the hypothesis search tries (default 40)",
+    }
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
+        certifier = parse_certifier(raw, where)
+        radii = parse_l2_radii(raw, where)
+        attacks = raw.get("attacks", list(DEFAULT_ATTACKS))
+        if not isinstance(attacks, list) or not attacks:
+            raise where.error("expected a non-empty list of attack names", key="attacks")
+        names: list[str] = []
+        for attack in attacks:
+            if attack == "search":
+                names.append("search")
+                continue
+            try:
+                names.append(check_name(attack))
+            except ValueError as exc:
+                raise where.error(str(exc), key="attacks") from None
+        for key, default in (("steps", 50), ("search_examples", 40)):
+            value = raw.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise where.error(f"expected a whole number >= 1, got {value!r}", key=key)
+        return {
+            **certifier,
+            "norm": "l2",
+            "eps": radii[0],
+            "_sweep": radii,
+            "attacks": names,
+            "steps": raw.get("steps", 50),
+            "search_examples": raw.get("search_examples", 40),
+            "metric": "violations",
+        }
+
+    @classmethod
+    def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
+        return expand_radii(spec)
+
+    @classmethod
+    def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
+        from audit.soundness import measure_soundness
+
+        return measure_soundness(spec, engine)

@@ -1,0 +1,322 @@
+"""Certificates checked from the other side: attacks that must not beat them.
+
+For each batch the clean logits give every pixel's certified radius.  Each listed attack
+then tries, within the L2 ball of the claimed radius, to change the model's *own* clean
+prediction (not the label: a certificate is about the prediction).  A pixel certified beyond
+the radius whose prediction changed is a violation; so is an image where fewer pixels stay
+correct under the attack than the joint-budget certificate guarantees.  Minimal-norm
+attacks also give each pixel an empirical radius, which may never fall below the certified
+one; the pairs (certified, empirical) are kept for the report's tightness scatter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from audit.threat import ThreatModel, parse_epsilon
+
+if TYPE_CHECKING:
+    from audit.claims.base import ClaimSpec, Measurement
+    from audit.engine import Batch, Engine
+
+#: (certified, empirical) radius pairs kept per attack for the scatter
+SCATTER_POINTS = 2000
+
+
+@dataclass
+class AttackCheck:
+    attack: str
+    certified_pixels: int = 0
+    flipped_certified: int = 0
+    flipped_any: int = 0
+    metric_violations: int = 0
+    max_norm: float = 0.0
+    scatter: list[tuple[float, float]] = field(default_factory=list)
+    tightness: list[float] = field(default_factory=list)  # certified / empirical, per pixel
+
+    def to_dict(self) -> dict[str, Any]:
+        ratios = np.asarray(self.tightness, dtype=np.float64)
+        return {
+            "attack": self.attack,
+            "certified_pixels": self.certified_pixels,
+            "flipped_certified": self.flipped_certified,
+            "flipped_any": self.flipped_any,
+            "metric_violations": self.metric_violations,
+            "max_perturbation_norm": self.max_norm,
+            "scatter": [[round(c, 6), round(e, 6)] for c, e in self.scatter],
+            "tightness_median": float(np.median(ratios)) if ratios.size else None,
+        }
+
+
+@dataclass(frozen=True)
+class SoundnessResult:
+    eps: float
+    lipschitz: Any  # LipschitzSource
+    checks: tuple[AttackCheck, ...]
+    counterexample: dict[str, Any] | None
+    artifacts: dict[str, np.ndarray]
+    falsified: Any  # a LowerBound above the claimed constant, or None
+    num_samples: int
+    seconds: float
+
+    @property
+    def violations(self) -> int:
+        return sum(c.flipped_certified + c.metric_violations for c in self.checks) + (
+            1 if self.falsified is not None else 0
+        )
+
+
+def _target_attack(name: str, steps: int) -> Any:
+    from audit.attacks import NATIVE_SPECS, build_attack, library_of
+
+    params: dict[str, Any] = {}
+    if library_of(name) != "native" or "steps" in NATIVE_SPECS[name][1]:
+        params["steps"] = steps
+    if name in ("pgd", "cospgd", "segpgd"):
+        params["restarts"] = 1
+    return build_attack(name, params)
+
+
+def _search(model, images, target, certified, eps, examples) -> torch.Tensor:
+    """A hypothesis search over perturbation directions of norm ``eps`` for one that flips a
+    certified pixel; returns the most damaging direction tried if none does."""
+    from hypothesis import HealthCheck, Phase, find, settings
+    from hypothesis import strategies as st
+    from hypothesis.errors import NoSuchExample
+
+    _n, _, h, w = images.shape
+    best = {"count": -1, "adv": images}
+
+    def perturbation(spec: tuple[int, int, int, float]) -> torch.Tensor:
+        noise_seed, row, col, spread = spec
+        g = torch.Generator(device="cpu").manual_seed(noise_seed)
+        delta = torch.randn(images.shape, generator=g).to(images.device)
+        # Mass concentrated around one pixel: local perturbations are the ones that flip a
+        # single pixel cheaply.
+        yy = torch.arange(h, device=images.device).view(-1, 1) - row
+        xx = torch.arange(w, device=images.device).view(1, -1) - col
+        delta = delta * torch.exp(-(yy**2 + xx**2) / (2 * spread**2))
+        norms = delta.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        return (images + eps * delta / norms).clamp(0, 1)
+
+    def violates(spec: tuple[int, int, int, float]) -> bool:
+        adv = perturbation(spec)
+        with torch.no_grad():
+            pred = model(adv).argmax(1)
+        count = int(((pred != target) & certified).sum())
+        if count > best["count"]:
+            best.update(count=count, adv=adv)
+        return count > 0
+
+    strategy = st.tuples(
+        st.integers(0, 2**31 - 1),
+        st.integers(0, h - 1),
+        st.integers(0, w - 1),
+        st.floats(1.0, float(max(h, w)), allow_nan=False),
+    )
+    with contextlib.suppress(NoSuchExample):
+        find(
+            strategy,
+            violates,
+            settings=settings(
+                max_examples=examples,
+                derandomize=True,
+                database=None,
+                phases=[Phase.generate],
+                suppress_health_check=list(HealthCheck),
+                deadline=None,
+            ),
+        )
+    return best["adv"]
+
+
+def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
+    from audit.attacks import build_min_norm_attack, library_of
+    from audit.attacks.base import AttackContext
+    from audit.attacks.radius import pixel_radii
+    from audit.certification import KAPPA, resolve_lipschitz
+    from audit.certify import joint, margins
+
+    p = spec.params
+    eps = parse_epsilon(p["eps"]).value
+    threat = ThreatModel("l2", parse_epsilon(p["eps"]))
+    lipschitz = resolve_lipschitz(engine, p["lipschitz"], falsify=False)
+    falsified = None
+    if lipschitz.lower is not None and lipschitz.lower.value > lipschitz.value * (1 + KAPPA):
+        falsified = lipschitz.lower
+    checks = {name: AttackCheck(name) for name in p["attacks"]}
+    counterexample: dict[str, Any] | None = None
+    artifacts: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    n_images = 0
+    for b, batch in enumerate(engine.batches()):
+        n_images += len(batch.names)
+        with torch.no_grad():
+            logits = engine.forward(batch.images, batch.names)
+        target = logits.argmax(1)
+        _pred64, margin = margins.top2_margin(logits)
+        radius = margins.certified_radius(logits, lipschitz.value, kappa=KAPPA)
+        certified = radius > eps
+        guaranteed = joint.certified_pixel_accuracy_counts(
+            logits,
+            batch.masks,
+            lipschitz.value,
+            torch.tensor([eps], dtype=torch.float64, device=logits.device),
+            ignore_index=engine.ignore_index,
+            kappa=KAPPA,
+        )[:, 0, 0]
+        labelled = batch.masks != engine.ignore_index
+        model = engine.attack_forward(lambda grad: None)
+        generator = torch.Generator(device=engine.device)
+        from audit.adversarial import seed_for
+
+        generator.manual_seed(seed_for(engine.seed, "soundness", p["eps"], b))
+        # The attacks aim at the certified pixels only: flipping an uncertified pixel proves
+        # nothing, and a loss spread over every pixel dilutes the gradient towards them.
+        sentinel = max(255, engine.num_classes)
+        aimed = torch.where(certified, target, torch.full_like(target, sentinel))
+        ctx = AttackContext(
+            model=model,
+            ignore_index=sentinel,
+            num_classes=engine.num_classes,
+            generator=generator,
+        )
+        n_certified = int(certified.sum())
+        for name, check in checks.items():
+            check.certified_pixels += n_certified
+            if n_certified == 0:
+                continue  # nothing to beat in this batch
+            empirical = None
+            if name == "search":
+                adv = _search(model, batch.images, target, certified, eps, p["search_examples"])
+            elif library_of(name) == "advlib":
+                attack = build_min_norm_attack(name, {"steps": p["steps"]})
+                unbounded = attack(batch.images, aimed, norm="l2", ctx=ctx)
+                with torch.no_grad():
+                    empirical = pixel_radii(model, batch.images, unbounded, norm="l2", steps=32)
+                from audit.attacks.base import project
+
+                adv = project(unbounded, batch.images, threat)
+            else:
+                adv = _target_attack(name, p["steps"])(batch.images, aimed, threat=threat, ctx=ctx)
+            with torch.no_grad():
+                adv_pred = model(adv).argmax(1)
+            delta_norm = (adv - batch.images).flatten(1).norm(dim=1)
+            check.max_norm = max(check.max_norm, float(delta_norm.max()))
+            changed = adv_pred != target
+            flipped = changed & certified
+            check.flipped_any += int(changed.sum())
+            check.flipped_certified += int(flipped.sum())
+            still_correct = ((adv_pred == batch.masks) & labelled).flatten(1).sum(1)
+            check.metric_violations += int((still_correct < guaranteed).sum())
+            if empirical is not None:
+                _scatter(check, radius, empirical)
+                # An empirical radius below the certified one is a flip inside the ball.
+                below = torch.isfinite(empirical) & (empirical < radius) & (radius > 0)
+                check.flipped_certified += int(below.sum())
+            if counterexample is None and bool(flipped.any()):
+                counterexample, artifacts = _counterexample(
+                    batch, adv, flipped, margin, lipschitz.value, eps, name, radius
+                )
+    result = SoundnessResult(
+        eps=eps,
+        lipschitz=lipschitz,
+        checks=tuple(checks.values()),
+        counterexample=counterexample,
+        artifacts=artifacts,
+        falsified=falsified,
+        num_samples=n_images,
+        seconds=time.perf_counter() - start,
+    )
+    engine.soundness[spec.nodeid] = result
+    return result
+
+
+def _scatter(check: AttackCheck, radius: torch.Tensor, empirical: torch.Tensor) -> None:
+    keep = torch.isfinite(empirical) & (radius > 0)
+    cert = radius[keep].double().cpu()
+    emp = empirical[keep].double().cpu()
+    if cert.numel() == 0:
+        return
+    check.tightness.extend((cert / emp.clamp(min=1e-12)).tolist()[:SCATTER_POINTS])
+    room = SCATTER_POINTS - len(check.scatter)
+    if room > 0:
+        step = max(1, cert.numel() // room)
+        check.scatter.extend(
+            zip(cert[::step].tolist()[:room], emp[::step].tolist()[:room], strict=True)
+        )
+
+
+def _counterexample(batch: Batch, adv, flipped, margin, lipschitz, eps, attack, radius):
+    image_index, row, col = (int(v) for v in flipped.nonzero()[0])
+    delta = (adv[image_index] - batch.images[image_index]).double()
+    info = {
+        "attack": attack,
+        "sample": batch.names[image_index],
+        "pixel": [row, col],
+        "margin": float(margin[image_index, row, col]),
+        "certified_radius": float(radius[image_index, row, col]),
+        "lipschitz": lipschitz,
+        "norm": "l2",
+        "eps": eps,
+        "perturbation_norm": float(delta.norm()),
+        "flipped_pixels": int(flipped[image_index].sum()),
+    }
+    arrays = {
+        "input": batch.images[image_index].cpu().numpy(),
+        "perturbation": delta.cpu().numpy(),
+    }
+    return info, arrays
+
+
+def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
+    from audit.claims.base import Measurement
+
+    key = engine.key_parts("soundness", **{k: v for k, v in spec.params.items()})
+    result: SoundnessResult = engine.cached(key, lambda: run_soundness(engine, spec))
+    checks = [c.to_dict() for c in result.checks]
+    evidence: dict[str, Any] = {
+        "lipschitz": result.lipschitz.to_dict(),
+        "radius": result.eps,
+        "checks": checks,
+        "counterexample": result.counterexample,
+    }
+    artifacts = dict(result.artifacts)
+    if result.falsified is not None:
+        evidence["falsified"] = {
+            "lower_bound": result.falsified.value,
+            "method": result.falsified.method,
+        }
+        artifacts["falsifying_x"] = result.falsified.x.cpu().numpy()
+        artifacts["falsifying_y"] = result.falsified.y.cpu().numpy()
+    parts = []
+    for c in result.checks:
+        parts.append(
+            f"{c.attack}: {c.flipped_certified} of {c.certified_pixels} certified pixels "
+            f"flipped, {c.metric_violations} images below the certified accuracy"
+        )
+    where = ""
+    if result.counterexample:
+        ce = result.counterexample
+        where = (
+            f"; e.g. {ce['attack']} flips pixel {tuple(ce['pixel'])} of {ce['sample']!r} "
+            f"(certified radius {ce['certified_radius']:.4g}, margin {ce['margin']:.4g}) with "
+            f"a perturbation of L2 norm {ce['perturbation_norm']:.4g}"
+        )
+    if result.falsified is not None:
+        where += f"; and the claimed L is contradicted (lower bound {result.falsified.value:.4g})"
+    return Measurement(
+        value=float(result.violations),
+        quantity="number of violations",
+        condition=f"at L2 radius {spec.params['eps']} with L = {result.lipschitz.value:.4g} "
+        f"({result.lipschitz.kind}) [{'; '.join(parts)}{where}]",
+        num_samples=result.num_samples,
+        evidence=evidence,
+        artifacts=artifacts,
+    )
