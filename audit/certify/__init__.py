@@ -1,1 +1,1 @@
-"""Lipschitz certificates: provable upper bounds from weights, and searches for lower bounds."""
+"""Certified robustness: Lipschitz bounds and their falsification, margins, smoothing."""

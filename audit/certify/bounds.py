@@ -567,7 +567,9 @@ def activation_bound(name: str, params: Mapping[str, Any]) -> tuple[float, str]:
         alpha = float(params.get("alpha", 1.0))
         scale = abs(float(params.get("scale", 1.0)))
         input_scale = abs(float(params.get("input_scale", 1.0)))
-        return scale * input_scale * max(1.0, abs(alpha)), "scale * max(1, |alpha|)"
+        # scale * x for x > 0, scale * alpha * (exp(input_scale * x) - 1) below
+        bound = scale * max(1.0, abs(alpha) * input_scale)
+        return bound, "scale * max(1, |alpha| * input_scale)"
     if name == "selu":
         return _SELU_SCALE * _SELU_ALPHA, "scale * alpha"
     if name == "gelu":
@@ -717,7 +719,7 @@ _PERMUTATIONS = {
     "clone", "squeeze", "unsqueeze", "pixel_shuffle", "pixel_unshuffle", "channel_shuffle",
     "movedim", "alias", "_unsafe_view", "view_as", "reshape_as", "detach", "float",
     "double", "to", "type_as", "identity", "lift_fresh_copy", "_to_copy",
-    "slice", "select", "narrow", "positive", "neg", "negative",
+    "slice", "select", "narrow", "positive", "neg", "negative", "flip", "roll",
 }  # fmt: skip
 _REPEATS = {"expand", "expand_as", "repeat", "tile", "broadcast_to"}
 _SPLITS = {"chunk", "split", "split_with_sizes", "unbind", "tensor_split"}
@@ -1403,16 +1405,21 @@ class _Probe(fx.Interpreter):
 _SHAPE_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda", "requires_grad", "layout"}
 
 
+#: results that depend on the input's shape only (zeros, ones and fills like it)
+_LIKE = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like"}
+
+
 def _is_shape_query(node: fx.Node) -> bool:
     if node.op == "call_method":
-        return node.target in _SHAPE_QUERIES
+        return node.target in _SHAPE_QUERIES or node.target in _LIKE
     if node.op != "call_function":
         return False
     if node.target is getattr:
         return len(node.args) > 1 and node.args[1] in _SHAPE_ATTRIBUTES
     if isinstance(node.target, torch._ops.OpOverload):
-        return _aten_name(node.target) in _SHAPE_QUERIES
-    return False
+        return _aten_name(node.target) in _SHAPE_QUERIES | _LIKE
+    name = _function_name(node.target)
+    return name in _LIKE
 
 
 def _dependent_nodes(gm: fx.GraphModule) -> set[fx.Node]:

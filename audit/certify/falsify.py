@@ -182,12 +182,8 @@ def _evaluator(
         except Exception:  # the model only runs in its own precision
             pass
     dtype = images.dtype
-    return (
-        model,
-        dtype,
-        f"model evaluated in {str(dtype).removeprefix('torch.')} with a "
-        + ("rounding allowance subtracted"),
-    )
+    precision = str(dtype).removeprefix("torch.")
+    return model, dtype, f"model evaluated in {precision}, a rounding allowance subtracted"
 
 
 def _faithful(got: torch.Tensor, ref: torch.Tensor) -> bool:
