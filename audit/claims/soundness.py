@@ -39,6 +39,7 @@ class CertificateSoundnessClaim(ClaimKind):
         "torchattacks:PGDL2, foolbox:L2PGD, advlib:<min-norm attack>) and 'search' "
         f"(a hypothesis search over directions); default {list(DEFAULT_ATTACKS)}",
         "steps": "iterations of the gradient attacks (default 50)",
+        "min_norm_steps": "iterations of the minimal-norm attacks (default 200)",
         "search_examples": "directions the hypothesis search tries (default 40)",
     }
 
@@ -58,7 +59,7 @@ class CertificateSoundnessClaim(ClaimKind):
                 names.append(check_name(attack))
             except ValueError as exc:
                 raise where.error(str(exc), key="attacks") from None
-        for key, default in (("steps", 50), ("search_examples", 40)):
+        for key, default in (("steps", 50), ("min_norm_steps", 200), ("search_examples", 40)):
             value = raw.get(key, default)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise where.error(f"expected a whole number >= 1, got {value!r}", key=key)
@@ -69,6 +70,7 @@ class CertificateSoundnessClaim(ClaimKind):
             "_sweep": radii,
             "attacks": names,
             "steps": raw.get("steps", 50),
+            "min_norm_steps": raw.get("min_norm_steps", 200),
             "search_examples": raw.get("search_examples", 40),
             "metric": "violations",
         }
