@@ -128,8 +128,10 @@ def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
     sample_text = f"{m.num_samples} image{'s' if m.num_samples != 1 else ''}"
     if spec.statistic != "estimate" and m.interval is None:
         ci = ", no interval (too few images), so the estimate is compared"
+    # A property of the model itself (a Lipschitz bound) is measured on no image.
+    on = f" on {sample_text}" if m.num_samples else ""
     detail = (
-        f"{which} {m.condition} is {compared:.3f}{ci} on {sample_text}; "
+        f"{which} {m.condition} is {compared:.3f}{ci}{on}; "
         f"claim requires {spec.threshold.describe()}"
     )
     if passed:
@@ -137,7 +139,8 @@ def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
     else:
         summary = (
             f"claim {spec.id!r} violated: {which} {m.condition} is {compared:.3f}, "
-            f"claim requires {spec.threshold.describe()} ({sample_text}{ci})"
+            f"claim requires {spec.threshold.describe()}"
+            + (f" ({sample_text}{ci})" if m.num_samples else "")
         )
     return Verdict(passed=passed, compared=compared, summary=summary, detail=detail)
 
