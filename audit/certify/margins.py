@@ -103,9 +103,15 @@ def top2_margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if not logits.is_floating_point():
         raise TypeError(f"expected floating-point logits, got {logits.dtype}")
-    z = logits.detach().to(torch.float64)
-    top = z.topk(2, dim=1).values
-    return z.argmax(dim=1), top[:, 0] - top[:, 1]
+    z = logits.detach()
+    # Selecting the two largest logits is exact in the logits' own precision, and the
+    # difference of two float32 numbers is exact in float64: casting only the two selected
+    # values gives the same margin as casting everything, at a fraction of the cost (topk
+    # along the class axis is slow on CPU, and a full float64 copy costs memory traffic).
+    top1, pred = z.max(dim=1)
+    others = z.scatter(1, pred.unsqueeze(1), float("-inf"))
+    top2 = others.max(dim=1).values
+    return pred, top1.to(torch.float64) - top2.to(torch.float64)
 
 
 def flip_costs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
