@@ -80,16 +80,19 @@ def lower_bound(engine: Engine) -> Any:
     from audit.certify.falsify import lipschitz_lower_bound
 
     def compute() -> Any:
+        from audit.certify.margins import full_float32
+
         images = next(iter(engine.batches())).images[:FALSIFY_IMAGES]
         generator = torch.Generator(device=engine.device).manual_seed(engine.seed)
         model = engine.attack_forward(lambda grad: None)
-        return lipschitz_lower_bound(
-            model,
-            images,
-            generator=generator,
-            power_steps=FALSIFY_POWER_STEPS,
-            ascent_steps=FALSIFY_ASCENT_STEPS,
-        )
+        with full_float32():
+            return lipschitz_lower_bound(
+                model,
+                images,
+                generator=generator,
+                power_steps=FALSIFY_POWER_STEPS,
+                ascent_steps=FALSIFY_ASCENT_STEPS,
+            )
 
     return engine.cached(engine.key_parts("lipschitz_lower_bound"), compute)
 
@@ -205,6 +208,10 @@ def certify_lipschitz(
     iou_radii = tuple(sorted({float(r) for r in radii}))
 
     def compute() -> LipschitzCertification:
+        with margins.full_float32():
+            return _certify_pass()
+
+    def _certify_pass() -> LipschitzCertification:
         start_passes, start = engine.forward_passes, time.perf_counter()
         pa, frac, iou_parts, examples = [], [], [], []
         correct_total = labelled_total = 0

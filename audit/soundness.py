@@ -298,10 +298,15 @@ def _counterexample(batch: Batch, adv, flipped, margin, lipschitz, eps, attack, 
 
 
 def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
+    from audit.certify.margins import full_float32
     from audit.claims.base import Measurement
 
+    def compute() -> SoundnessResult:
+        with full_float32():
+            return run_soundness(engine, spec)
+
     key = engine.key_parts("soundness", **{k: v for k, v in spec.params.items()})
-    result: SoundnessResult = engine.cached(key, lambda: run_soundness(engine, spec))
+    result: SoundnessResult = engine.cached(key, compute)
     checks = [c.to_dict() for c in result.checks]
     evidence: dict[str, Any] = {
         "lipschitz": result.lipschitz.to_dict(),

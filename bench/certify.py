@@ -88,7 +88,7 @@ def main() -> None:
                 passes["plain"] += 1
 
     def lipschitz_certificates() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), margins.full_float32():
             for x, y in batches():
                 logits = model(x)
                 passes["lipschitz"] += 1

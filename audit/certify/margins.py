@@ -26,8 +26,9 @@ the safety factor itself.  Non-finite logits give a NaN radius, which is never c
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -180,3 +181,23 @@ def is_certified(
     if e.dim() != 1:
         raise ValueError(f"eps must be a scalar or a 1-D grid, got shape {tuple(e.shape)}")
     return radius.unsqueeze(1) > e.view(1, -1, 1, 1)
+
+
+@contextlib.contextmanager
+def full_float32() -> Iterator[None]:
+    """Run the block with TF32 off: on Ampere and later GPUs PyTorch lets convolutions (and
+    optionally matmuls) round their inputs to 10-bit mantissas, an error of about 1e-3 in the
+    logits, as large as the certificates' safety factor.  Certificates and the search that
+    tests a claimed constant must see the function in true float32."""
+    cudnn = torch.backends.cudnn.allow_tf32
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    precision = torch.get_float32_matmul_precision()
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = cudnn
+        torch.backends.cuda.matmul.allow_tf32 = matmul
+        torch.set_float32_matmul_precision(precision)
