@@ -6,7 +6,6 @@ All are white-box, batched, device-agnostic and deterministic for a seeded gener
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -21,6 +20,7 @@ from audit.attacks.base import (
     l2_normalise,
     project,
     random_start,
+    worst_of_restarts,
 )
 
 
@@ -145,24 +145,19 @@ class PGD(Attack):
         steps = int(self.params["steps"])
         step_size = self.params["step_size"] or 2.5 * threat.eps.value / steps
         restarts = int(self.params["restarts"])
-        best, best_acc = images.clone(), None
-        for _ in range(restarts):
+
+        def attempt() -> torch.Tensor:
             adv = images.clone()
             if self.params["random_start"]:
                 adv = project(random_start(images, threat, ctx.generator), images, threat)
             for t in range(steps):
                 grad, _ = input_gradient(adv, labels, ctx, self.loss(ctx, t, steps))
                 adv = project(adv + step_size * _step(grad, threat.norm), images, threat)
-            if restarts == 1:
-                return adv  # nothing to choose between: spare the extra forward pass
-            acc = _pixel_accuracy(ctx.model, adv, labels, ctx.ignore_index)
-            if best_acc is None:
-                best, best_acc = adv, acc
-            else:
-                better = acc < best_acc
-                best = torch.where(better.view(-1, 1, 1, 1), adv, best)
-                best_acc = torch.minimum(acc, best_acc)
-        return best
+            return adv
+
+        return worst_of_restarts(
+            restarts, attempt, ctx.model, labels, losses.labelled(labels, ctx.ignore_index)
+        )
 
 
 class SegPGD(PGD):
@@ -181,18 +176,6 @@ class CosPGD(PGD):
         return lambda logits, labels: losses.cospgd_loss(
             logits, labels, ctx.ignore_index, ctx.num_classes
         )
-
-
-def _pixel_accuracy(
-    model: Callable[[torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    ignore_index: int | None,
-) -> torch.Tensor:
-    with torch.no_grad():
-        pred = model(images).argmax(1)
-    mask = losses.labelled(labels, ignore_index)
-    return losses.per_image_mean((pred == labels).float(), mask)
 
 
 class RandomNoise(Attack):

@@ -8,8 +8,6 @@ from typing import Any
 
 import torch
 
-from audit.attacks import losses
-
 Model = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -37,15 +35,6 @@ def seeded_global_rng(generator: torch.Generator, device: torch.device) -> Itera
         with torch.random.fork_rng(device_type=device.type):
             torch.manual_seed(seed)
             yield
-
-
-def pixel_accuracy(
-    model: Model, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Per-image accuracy over labelled pixels: which restart did the most damage."""
-    with torch.no_grad():
-        pred = model(images).argmax(1)
-    return losses.per_image_mean((pred == labels).float(), mask)
 
 
 def check_counts(name: str, params: Mapping[str, Any]) -> None:

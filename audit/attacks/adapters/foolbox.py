@@ -52,8 +52,8 @@ import torch
 from foolbox.criteria import Misclassification
 
 from audit.attacks import losses
-from audit.attacks.adapters._common import check_counts, pixel_accuracy, seeded_global_rng
-from audit.attacks.base import Attack, AttackContext, CallableModule, Model
+from audit.attacks.adapters._common import check_counts, seeded_global_rng
+from audit.attacks.base import Attack, AttackContext, CallableModule, Model, worst_of_restarts
 from audit.errors import AttackUnavailable
 from audit.threat import ThreatModel
 
@@ -207,23 +207,15 @@ class FoolboxAttack(Attack):
         model = fb.PyTorchModel(_Module(ctx.model), bounds=(0, 1), device=images.device)
         criterion = DenseMisclassification(y, ignore_index=ctx.ignore_index)
         restarts = int(self.params.get("restarts", 1))
-        best, best_acc = x, None
+
+        def attempt() -> torch.Tensor:
+            attack = self.library_attack(ctx)
+            _, out, _ = attack(model, x, criterion, epsilons=threat.eps.value)
+            out = out.detach()
+            return torch.where(torch.isfinite(out), out, x)
+
         with seeded_global_rng(ctx.generator, images.device):
-            for _ in range(restarts):
-                attack = self.library_attack(ctx)
-                _, out, _ = attack(model, x, criterion, epsilons=threat.eps.value)
-                out = out.detach()
-                out = torch.where(torch.isfinite(out), out, x)
-                if restarts == 1:
-                    best = out
-                    break
-                acc = pixel_accuracy(ctx.model, out, y, m)
-                if best_acc is None:
-                    best, best_acc = out, acc
-                else:
-                    better = (acc < best_acc).view(-1, 1, 1, 1)
-                    best = torch.where(better, out, best)
-                    best_acc = torch.minimum(acc, best_acc)
+            best = worst_of_restarts(restarts, attempt, ctx.model, y, m)
         adv[keep] = best.to(adv.dtype)
         return adv
 

@@ -50,8 +50,8 @@ import torchattacks  # an ImportError here becomes AttackUnavailable in the regi
 from torch import nn
 
 from audit.attacks import losses
-from audit.attacks.adapters._common import check_counts, pixel_accuracy, seeded_global_rng
-from audit.attacks.base import Attack, AttackContext, CallableModule, Model
+from audit.attacks.adapters._common import check_counts, seeded_global_rng
+from audit.attacks.base import Attack, AttackContext, CallableModule, Model, worst_of_restarts
 from audit.errors import AttackUnavailable
 from audit.threat import ThreatModel
 
@@ -219,22 +219,14 @@ class TorchattacksAttack(Attack):
         ignored = None if ctx.ignore_index is None else ~m
         module = DenseModule(ctx.model, ignored, ctx.on_gradient, device=images.device)
         restarts = int(self.params.get("restarts", 1))
-        best, best_acc = x, None
+
+        def attempt() -> torch.Tensor:
+            attack = self.library_attack(module, threat.eps.value, images.device)
+            out = attack(x, safe).detach()
+            return torch.where(torch.isfinite(out), out, x)
+
         with seeded_global_rng(ctx.generator, images.device):
-            for _ in range(restarts):
-                attack = self.library_attack(module, threat.eps.value, images.device)
-                out = attack(x, safe).detach()
-                out = torch.where(torch.isfinite(out), out, x)
-                if restarts == 1:
-                    best = out
-                    break
-                acc = pixel_accuracy(ctx.model, out, y, m)
-                if best_acc is None:
-                    best, best_acc = out, acc
-                else:
-                    better = (acc < best_acc).view(-1, 1, 1, 1)
-                    best = torch.where(better, out, best)
-                    best_acc = torch.minimum(acc, best_acc)
+            best = worst_of_restarts(restarts, attempt, ctx.model, y, m)
         adv[keep] = best.to(adv.dtype)
         return adv
 
