@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
+# pytester's in-process runs drop the modules first imported inside them; torch's distributed
+# package registers C++ operators on import and cannot be imported twice, so it is imported
+# here, once, before any such run (torch.testing imports it lazily).  Builds without
+# distributed support skip it.
+with contextlib.suppress(ImportError):
+    import torch.distributed.tensor
 
 #: small synthetic data so plugin runs take seconds
 TINY_DATA = "synthetic?n=4&size=32x64"
