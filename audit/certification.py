@@ -185,6 +185,7 @@ class LipschitzCertification:
     iou_state: Any  # audit.certify.joint.IoUProfile: per-image worst-case IoU ingredients
     iou_radii: tuple[float, ...]
     clean_pixel_accuracy: float
+    resolutions: tuple[tuple[int, int], ...]
     forward_passes: int
     seconds: float
     examples: tuple[CertifiedExample, ...] = field(default=())
@@ -192,6 +193,12 @@ class LipschitzCertification:
     @property
     def num_samples(self) -> int:
         return int(self.pixel_accuracy.shape[0])
+
+    @property
+    def resolution(self) -> tuple[int, int] | None:
+        """The common input size, or ``None`` when images differ in size."""
+        sizes = set(self.resolutions)
+        return next(iter(sizes)) if len(sizes) == 1 else None
 
     def index(self, eps: float) -> int:
         for i, r in enumerate(self.radii):
@@ -217,6 +224,7 @@ def certify_lipschitz(
     def _certify_pass() -> LipschitzCertification:
         start_passes, start = engine.forward_passes, time.perf_counter()
         pa, frac, iou_parts, examples = [], [], [], []
+        sizes: list[tuple[int, int]] = []
         correct_total = labelled_total = 0
         eps = torch.tensor(grid, dtype=torch.float64, device=engine.device)
         iou_eps = torch.tensor(iou_radii, dtype=torch.float64, device=engine.device)
@@ -248,6 +256,7 @@ def certify_lipschitz(
                     )
                 )
                 iou_parts[-1] = _to_cpu(iou_parts[-1])
+                sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
                 labelled = batch.masks != engine.ignore_index
                 correct = (logits.argmax(1) == batch.masks) & labelled
                 correct_total += int(correct.sum())
@@ -269,6 +278,7 @@ def certify_lipschitz(
             iou_state=joint.IoUProfile.cat(iou_parts),
             iou_radii=iou_radii,
             clean_pixel_accuracy=correct_total / labelled_total if labelled_total else math.nan,
+            resolutions=tuple(sizes),
             forward_passes=engine.forward_passes - start_passes,
             seconds=time.perf_counter() - start,
             examples=tuple(examples),
@@ -405,14 +415,7 @@ def measure_certified(spec: ClaimSpec, engine: Engine) -> Measurement:
 
         if metric.startswith(CLASS_PREFIX):
             name = metric[len(CLASS_PREFIX) :]
-            if name not in engine.class_names:
-                raise ConfigError(
-                    f"unknown class {name!r}; classes are {', '.join(engine.class_names)}",
-                    source=spec.source,
-                    claim=spec.id,
-                    key="metric",
-                )
-            k = engine.class_names.index(name)
+            k = _class_index(spec, engine, name)
             j = cert.iou_radii.index(eps)
             value = float(joint.dataset_iou_lower_bound(cert.iou_state)[j, k])
             quantity = f"worst-case IoU of class {name!r}"
@@ -425,7 +428,7 @@ def measure_certified(spec: ClaimSpec, engine: Engine) -> Measurement:
             "dataset-level worst case: one perturbation per image, each within the radius, "
             "chosen jointly to minimise the dataset IoU (Dinkelbach bisection)"
         )
-    resolution = engine.clean().resolution
+    resolution = cert.resolution
     at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
     return Measurement(
         value=value,
@@ -436,6 +439,17 @@ def measure_certified(spec: ClaimSpec, engine: Engine) -> Measurement:
         interval=interval,
         evidence=evidence,
     )
+
+
+def _class_index(spec: ClaimSpec, engine: Engine, name: str) -> int:
+    if name not in engine.class_names:
+        raise ConfigError(
+            f"unknown class {name!r}; classes are {', '.join(engine.class_names)}",
+            source=spec.source,
+            claim=spec.id,
+            key="metric",
+        )
+    return engine.class_names.index(name)
 
 
 def _measure_smoothing(spec: ClaimSpec, engine: Engine, eps: float, metric: str) -> Measurement:
@@ -458,14 +472,7 @@ def _measure_smoothing(spec: ClaimSpec, engine: Engine, eps: float, metric: str)
             quantity = "certified pixel accuracy"
         elif metric.startswith(CLASS_PREFIX):
             name = metric[len(CLASS_PREFIX) :]
-            if name not in engine.class_names:
-                raise ConfigError(
-                    f"unknown class {name!r}; classes are {', '.join(engine.class_names)}",
-                    source=spec.source,
-                    claim=spec.id,
-                    key="metric",
-                )
-            c = engine.class_names.index(name)
+            c = _class_index(spec, engine, name)
             value, interval = engine.score_state(
                 per_image, lambda cm: metrics._scalar(metrics.class_iou(cm)[..., c])
             )

@@ -443,11 +443,7 @@ def _certification_entry(cert: Any, report_dir: Path, engine: Any) -> dict[str, 
                 finite_or_none(float(metrics.ratio_of_sums(row))) for row in frac
             ],
             "clean_pixel_accuracy": finite_or_none(cert.clean_pixel_accuracy),
-            "resolution": (
-                list(engine.clean().resolution or []) or None
-                if engine.is_cached(engine.key_parts("clean"))
-                else None
-            ),
+            "resolution": list(cert.resolution) if cert.resolution else None,
             "num_samples": cert.num_samples,
             "forward_passes": cert.forward_passes,
             "seconds": round(cert.seconds, 4),
