@@ -380,6 +380,9 @@ def run_attack(
     accumulators = [_Accumulator(engine.attack_examples) for _ in threats]
     start = time.perf_counter()
     for b, batch in enumerate(engine.batches()):
+        # Each batch knows its size: an L2 radius beyond its diameter is refused before work.
+        for threat in threats:
+            engine.check_radius(threat, batch.images.shape[1:])
         generator = torch.Generator(device=engine.device)
         generator.manual_seed(seed_for(engine.seed, name, sorted(attack.params.items()), b))
         ctx = AttackContext(
@@ -388,6 +391,7 @@ def run_attack(
             num_classes=engine.num_classes,
             generator=generator,
             on_gradient=counters.watch,
+            on_step=engine.attack_step,
         )
         with torch.no_grad():
             # No read-back before the attack: the host queues the attack's kernels while the
@@ -462,6 +466,7 @@ def run_min_norm(
             num_classes=engine.num_classes,
             generator=generator,
             on_gradient=counters.watch,
+            on_step=engine.attack_step,
         )
         adv = attack(batch.images, batch.masks, norm=norm, ctx=ctx)
         labelled = batch.masks != engine.ignore_index

@@ -95,6 +95,7 @@ def lower_bound(engine: Engine) -> Any:
                 generator=generator,
                 power_steps=FALSIFY_POWER_STEPS,
                 ascent_steps=FALSIFY_ASCENT_STEPS,
+                tick=engine.check_deadline,
             )
 
     return engine.cached(engine.key_parts("lipschitz_lower_bound"), compute)
@@ -388,15 +389,21 @@ def smoothing_miou(cm: np.ndarray) -> Any:
 def measure_certified(spec: ClaimSpec, engine: Engine) -> Measurement:
     from audit.claims.base import Measurement
     from audit.claims.certified import CLASS_PREFIX
-    from audit.threat import parse_epsilon
+    from audit.threat import ThreatModel, parse_epsilon
 
     p = spec.params
-    eps = parse_epsilon(p["eps"]).value
+    threat = ThreatModel("l2", parse_epsilon(p["eps"]))
+    eps = threat.eps.value
     metric = p["metric"]
     radii = [parse_epsilon(t).value for t in p["_sweep"]]
+    # Before any pass, against the first image: smoothing's passes are expensive.
+    engine.check_radius(threat)
     if p["certifier"] == "smoothing":
         return _measure_smoothing(spec, engine, eps, metric)
     cert = certify_lipschitz(engine, p["lipschitz"], radii)
+    # The pass (shared by the whole sweep, so not refused inside it) knows every image's size.
+    for height, width in sorted(set(cert.resolutions)):
+        engine.check_radius(threat, (3, height, width))
     i = cert.index(eps)
     evidence: dict[str, Any] = {
         "certifier": "lipschitz",

@@ -7,6 +7,7 @@ torch.  Precedence, lowest first: defaults, ``pyproject.toml`` ``[tool.segaudit]
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from collections.abc import Mapping
@@ -44,6 +45,8 @@ class Settings:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     examples: int = 4
+    #: wall-clock budget of every claim in seconds (a claim's ``timeout`` key wins); None: none
+    claim_timeout: float | None = None
     #: claim selector -> replacement threshold ({"min": x} and/or {"max": y}); a selector is
     #: an item's node id, ``suite::id`` of a sweep's claim, or a bare claim id
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -80,6 +83,7 @@ FILE_KEYS: dict[str, str] = {
     "confidence": "confidence",
     "examples": "examples",
     "thresholds": "thresholds",
+    "claim_timeout": "claim_timeout",
 }
 
 
@@ -138,6 +142,15 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return dict(value)
     if key == "thresholds":
         return parse_thresholds(value, source)
+    if key == "claim_timeout":
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise _type_error(source, key, "a number of seconds > 0", value)
+        return float(value)
     raise AssertionError(f"unhandled setting {key}")  # FILE_KEYS and _coerce out of sync
 
 
@@ -205,12 +218,24 @@ def settings_from_mapping(data: Mapping[str, Any], *, source: str) -> dict[str, 
     return out
 
 
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Why a TOML file was refused: TOML is UTF-8 by definition, and where it is not."""
+    data = bytes(exc.object)
+    line = data[: exc.start].count(b"\n") + 1
+    return (
+        f"not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}, offset {exc.start}): "
+        "TOML files must be UTF-8; re-save the file as UTF-8"
+    )
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(not_utf8(exc), source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
 

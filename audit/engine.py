@@ -7,6 +7,7 @@ to every claim that needs it.  The engine knows nothing about pytest.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -17,8 +18,9 @@ import numpy as np
 import torch
 
 from audit import metrics
-from audit.errors import ConfigError, EvaluationError
-from audit.threat import ThreatModel
+from audit.budget import Budget
+from audit.errors import ClaimTimeout, ConfigError, EvaluationError, ThreatOutOfRange
+from audit.threat import ThreatModel, radius_beyond_image
 
 if TYPE_CHECKING:
     from audit.adversarial import AttackEvaluation, MinNormEvaluation
@@ -137,6 +139,14 @@ class Engine:
         #: certificate-soundness results (audit.soundness), for the report
         self.soundness: dict[str, Any] = {}
         self._classes_checked = False
+        #: the running claim's wall-clock budget (:meth:`deadline`), checked cooperatively
+        self.budget: Budget | None = None
+        #: cache keys of evaluations a budget stopped: never cached, computed afresh on demand
+        self.timed_out: set[str] = set()
+        self._first_shape: tuple[int, ...] | None = None
+        #: called with {"samples_done", "samples_total"} before each batch, so the session
+        #: can rewrite its partial record while a long evaluation runs
+        self.on_progress: Callable[[Mapping[str, Any]], None] | None = None
         self.module = model.module.to(self.device)
 
     # -- identity -----------------------------------------------------------------------
@@ -169,36 +179,102 @@ class Engine:
         return cache_key(parts) in self._cache
 
     def cached(self, parts: Mapping[str, Any], compute: Callable[[], T]) -> T:
-        """Compute once per key; a failure is cached too, so every claim reports it at once."""
+        """Compute once per key; a failure is cached too, so every claim reports it at once.
+
+        A timeout is not: it says how long one claim was willing to wait, not what the
+        evaluation gives, so a later claim with a larger budget (or none) computes it again.
+        """
         key = cache_key(parts)
         if key in self._cache:
             hit = self._cache[key]
             if isinstance(hit, BaseException):
                 raise hit
             return hit
+        budget = self.budget
+        if budget is not None:
+            budget.enter(str(parts.get("evaluation")), parts.get("params", {}))
+        done = False
         try:
             value = compute()
+            done = True
+        except ClaimTimeout:
+            self.timed_out.add(key)
+            raise
         except Exception as exc:
             self._cache[key] = exc
             raise
+        finally:
+            if budget is not None:
+                budget.leave(done=done)
         self._cache[key] = value
+        self.timed_out.discard(key)
         return value
+
+    # -- budgets and bounds -------------------------------------------------------------
+    @contextlib.contextmanager
+    def deadline(self, seconds: float | None, source: str = "") -> Iterator[None]:
+        """Hold the work inside the block to ``seconds`` of wall-clock time (``None``: no
+        limit); past it, the next check raises :class:`ClaimTimeout`."""
+        previous, start = self.budget, self.forward_passes
+        self.budget = None
+        if seconds is not None:
+            self.budget = Budget(seconds, source, passes=lambda: self.forward_passes - start)
+        try:
+            yield
+        finally:
+            self.budget = previous
+
+    def check_deadline(self) -> None:
+        """Raise :class:`ClaimTimeout` if the running claim's budget is spent."""
+        if self.budget is not None:
+            self.budget.check()
+
+    def attack_step(self, done: int, total: int) -> None:
+        """Called by iterative attacks after each step: progress, then the deadline."""
+        if self.budget is not None:
+            self.budget.at_step(done, total)
+            self.budget.check()
+
+    def check_radius(self, threat: ThreatModel, shape: Sequence[int] | None = None) -> None:
+        """Refuse an L2 radius beyond the diameter of images of ``shape`` (C x H x W; by
+        default the first sample's, read without a forward pass)."""
+        if threat.norm != "l2":
+            return
+        if shape is None:
+            if self._first_shape is None:
+                if self.num_samples == 0:
+                    return
+                self._first_shape = tuple(self.dataset[0].image.shape)
+            shape = self._first_shape
+        channels, height, width = (int(v) for v in shape[-3:])
+        problem = radius_beyond_image(threat, (height, width), channels)
+        if problem is not None:
+            raise ThreatOutOfRange(problem)
 
     # -- data and model -----------------------------------------------------------------
     def batches(self) -> Iterator[Batch]:
         """Batches of consecutive samples of equal size (a size change starts a new batch)."""
         pending: list[tuple[int, Any]] = []
         for index in range(self.num_samples):
+            if not pending and self.on_progress is not None:
+                self.on_progress({"samples_done": index, "samples_total": self.num_samples})
             sample = self.dataset[index]
             if pending and pending[0][1].image.shape != sample.image.shape:
-                yield self._collate(pending)
+                yield self._budgeted(pending)
                 pending = []
             pending.append((index, sample))
             if len(pending) == self.batch_size:
-                yield self._collate(pending)
+                yield self._budgeted(pending)
                 pending = []
         if pending:
-            yield self._collate(pending)
+            yield self._budgeted(pending)
+
+    def _budgeted(self, items: list[tuple[int, Any]]) -> Batch:
+        """The batch, once the budget allows starting it (the images before it are done)."""
+        if self.budget is not None:
+            self.budget.at_batch(items[0][0], self.num_samples)
+            self.budget.check()
+        return self._collate(items)
 
     def _collate(self, items: list[tuple[int, Any]]) -> Batch:
         # Each sample goes to the device first and is stacked there: stacking large images on
@@ -247,6 +323,9 @@ class Engine:
         """
 
         def model(images: torch.Tensor) -> torch.Tensor:
+            # Libraries loop inside their own code: every forward pass is a chance to stop.
+            if self.budget is not None:
+                self.budget.check()
             self.forward_passes += 1
             logits = self.module(images).float()
             if logits.requires_grad:
@@ -317,11 +396,19 @@ class Engine:
             if len(todo) > 1:
                 try:
                     results = run_attack(self, attack, name, todo)
+                except ThreatOutOfRange:
+                    # Another epsilon of the sweep is too large: this one runs alone below
+                    # (and is refused on its own if it is too large itself).
+                    pass
+                except ClaimTimeout:
+                    self.timed_out.add(cache_key(parts(threat)))
+                    raise
                 except Exception as exc:
                     self._cache[cache_key(parts(threat))] = exc
                     raise
-                for t, result in zip(todo, results, strict=True):
-                    self._store_attack(parts(t), result)
+                else:
+                    for t, result in zip(todo, results, strict=True):
+                        self._store_attack(parts(t), result)
         result = self.cached(parts(threat), lambda: run_attack(self, attack, name, [threat])[0])
         self.attack_evaluations.setdefault(cache_key(parts(threat)), result)
         return result

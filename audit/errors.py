@@ -55,3 +55,22 @@ class EvaluationError(SegAuditError):
 
 class AttackUnavailable(EvaluationError):
     """An attack's library is not installed or cannot run this attack: fails one claim only."""
+
+
+class ClaimTimeout(EvaluationError):
+    """A claim ran past its wall-clock budget (``timeout`` key or ``claim_timeout`` setting).
+
+    ``progress`` says how far it got (evaluation, images and steps done, forward passes,
+    evaluations completed), JSON-ready, so the record keeps what was measured.  The engine
+    never caches it as an evaluation's result: a claim with a larger budget starts afresh.
+    """
+
+    def __init__(self, message: str, *, budget_s: float, elapsed_s: float, progress: dict) -> None:
+        super().__init__(message)
+        self.budget_s = budget_s
+        self.elapsed_s = elapsed_s
+        self.progress = progress
+
+
+class ThreatOutOfRange(EvaluationError):
+    """A radius larger than the images it applies to: the claim would say nothing."""

@@ -16,6 +16,8 @@ import pytest
 from audit.claims import ClaimSpec
 from audit.config import DEMO_MODEL, resolve_settings
 from audit.errors import ConfigError, SegAuditError
+from audit.interrupts import describe_interruption
+from audit.results import ensure_writable_dir
 from audit.session import AuditSession, ClaimFailed
 from audit.suite import Suite
 
@@ -112,6 +114,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "SELECTOR is a claim id, suite::id, or one sweep item's node id; repeatable",
     )
     group.addoption(
+        "--audit-claim-timeout",
+        dest="segaudit_claim_timeout",
+        type=float,
+        metavar="SECONDS",
+        help="wall-clock budget of every claim; past it the claim is an error that records "
+        "how far it got (a claim's own 'timeout' key wins)",
+    )
+    group.addoption(
         "--audit-only",
         dest=OPT_ONLY,
         action="store_true",
@@ -165,13 +175,28 @@ def pytest_configure(config: pytest.Config) -> None:
             "trust_pickle": opt("segaudit_trust_pickle"),
             "metadata": _read_metadata_file(opt("segaudit_metadata"), invocation_dir),
             "thresholds": opt("segaudit_thresholds") or None,
+            "claim_timeout": opt("segaudit_claim_timeout"),
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
-    except ConfigError as exc:
+        # Found now, not after the first claim's work: nothing is computed for a report
+        # that cannot be written.
+        ensure_writable_dir(settings.report_dir, what="--audit-report")
+    except SegAuditError as exc:
         raise pytest.UsageError(f"SegAudit: {exc}") from None
-    audit = AuditSession(settings, command_line=["pytest", *config.invocation_params.args])
+    is_worker = hasattr(config, "workerinput")
+    audit = AuditSession(
+        settings,
+        command_line=["pytest", *config.invocation_params.args],
+        writes_record=not is_worker,
+    )
     config.stash[_session_key] = audit
     config.pluginmanager.register(AuditRun(config, audit), "segaudit-run")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = config.pluginmanager.get_plugin("segaudit-run")
+    if isinstance(run, AuditRun):
+        run.audit.sigterm.restore()
 
 
 def _audit(config: pytest.Config) -> AuditSession | None:
@@ -187,6 +212,25 @@ class AuditRun:
         self.is_worker = hasattr(config, "workerinput")
         self.report_dir: Path | None = None
         self.report_error: str | None = None
+        self.interrupted_by: str | None = None
+        # The controller owns the record, so it alone turns SIGTERM into an interrupt.
+        if not self.is_worker:
+            audit.sigterm.install()
+
+    def pytest_report_header(self) -> list[str]:
+        trust = self.audit.recorder.provenance["trust_pickle"]
+        if not trust["enabled"]:
+            return []
+        line = (
+            f"SegAudit: WARNING: trust_pickle is on (from {trust['source']}): a fully "
+            "pickled model file will run its code"
+        )
+        if trust["source"] != "command line":
+            line += "; a file in the repository turned it on, not this command line"
+        return [line]
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        self.interrupted_by = describe_interruption(excinfo.value)
 
     def pytest_ignore_collect(self, collection_path: Path) -> bool | None:
         return True if self.config.getoption(OPT_ONLY) else None
@@ -203,25 +247,35 @@ class AuditRun:
         for item in session.items:
             if isinstance(item, ClaimItem):
                 self.audit.register(item.spec)
+        # The first record: a run killed before its first claim ends still leaves one.
+        self.audit.checkpoint()
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         for name, value in report.user_properties:
             if name == _RESULT_PROPERTY and report.when == "call":
                 entry = json.loads(value)
                 self.audit.recorder.claims.setdefault(entry["nodeid"], entry).update(entry)
-                if not self.is_worker:
-                    # A partial record after every claim survives even a killed process.
-                    self.audit.recorder.write(self.audit.settings.report_dir, complete=False)
+                # A partial record after every claim (from xdist workers too) survives
+                # even a killed process.
+                self.audit.checkpoint()
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.is_worker:
             return  # xdist workers report through their test reports; the controller writes
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
         ran_all = all(c["verdict"] != "not_run" for c in self.audit.recorder.claims.values())
+        stopped_by = self.interrupted_by
+        if stopped_by is None and session.shouldstop:
+            stopped_by = f"pytest ({session.shouldstop})"
         try:
-            self.report_dir = self.audit.finish(complete=ran_all and not interrupted).parent
-        except SegAuditError as exc:
-            self.report_error = str(exc)
+            results = self.audit.finish(
+                complete=ran_all and not interrupted, interrupted_by=stopped_by
+            )
+            self.report_dir = results.parent
+        except Exception as exc:
+            # Whatever went wrong, pytest's own summary must still print; results.json is
+            # written before the HTML, so the record survives a rendering failure.
+            self.report_error = f"{type(exc).__name__}: {exc}"
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report_error is not None:
@@ -230,6 +284,7 @@ class AuditRun:
             terminalreporter.write_sep("-", "SegAudit")
             terminalreporter.write_line(f"audit report: {self.report_dir / 'index.html'}")
             terminalreporter.write_line(f"audit record: {self.report_dir / 'results.json'}")
+        self._write_output_resize(terminalreporter)
         diagnostics = self.audit.recorder.diagnostics
         if diagnostics:
             # Not failures: they question how strong the evaluation was, not a claim.
@@ -240,6 +295,19 @@ class AuditRun:
             )
             for finding in diagnostics:
                 terminalreporter.write_line(f"  {finding['check']}: {finding['message']}")
+
+    def _write_output_resize(self, terminalreporter: Any) -> None:
+        """One line, only when the model's logits were resized before scoring."""
+        from audit.report.format import fmt_resize
+
+        model = self.audit.recorder.provenance.get("model") or {}
+        resize = fmt_resize(
+            model.get("input_resolution"),
+            model.get("output_resolution"),
+            model.get("resize_factor"),
+        )
+        if resize is not None:
+            terminalreporter.write_line(f"model output: {resize}")
 
 
 class SuiteCollector(pytest.Collector):
@@ -302,7 +370,7 @@ class ClaimItem(pytest.Item):
         if isinstance(excinfo.value, ClaimFailed | SegAuditError):
             # The message is the whole story; a traceback into the engine helps nobody,
             # and the short summary line should read as the verdict, not a class name.
-            rep = excinfo.getrepr(style="value")
+            rep = excinfo.getrepr(style="value", chain=False)
             if rep.reprcrash is not None:
                 rep.reprcrash.message = str(excinfo.value).splitlines()[0]
             return rep

@@ -1,8 +1,10 @@
 """The audit record: every claim's outcome plus provenance, written as ``results.json``.
 
 The record is built while the run goes on and written atomically after every change of
-state that matters, so an interrupted or crashed run still leaves a valid, partial file
-(``"complete": false``).  The HTML report is rendered from this file alone.
+state that matters: once the claims are collected (``"status": "running"``), when a claim
+starts and ends, and every few seconds while an evaluation runs.  So even a run killed
+outright (SIGKILL, a CI hard timeout) leaves a valid, partial file (``"complete": false``)
+saying how far it got.  The HTML report is rendered from this file alone.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from audit.errors import SegAuditError
+
 SCHEMA_VERSION = 1
 VERDICTS = ("passed", "failed", "error", "skipped", "not_run")
+#: the record's status while the run has not finished; a record left with it was written
+#: by a process that never reached its end (killed, or still running)
+RUNNING = "running"
 
 
 def now_iso() -> str:
@@ -36,6 +43,31 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def ensure_writable_dir(path: Path, *, what: str = "report folder") -> None:
+    """Create ``path`` if needed and prove a file can be written there (a probe, removed).
+
+    Checked before any work starts: a report folder that turns out to be a file, to lie
+    under a file or to be read-only must not cost the first claim's computation.
+    """
+    if path.exists() and not path.is_dir():
+        raise SegAuditError(f"{what} {path} is a file, not a folder; name a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".segaudit-probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocker is not None:
+            raise SegAuditError(
+                f"{what} {path} cannot be created: {blocker} is a file, not a folder"
+            ) from None
+        raise SegAuditError(
+            f"{what} {path} is not writable ({exc.strerror or exc}); name a folder this "
+            "user can write to"
+        ) from None
 
 
 def _jsonable(value: Any) -> Any:
@@ -60,13 +92,21 @@ class RunRecorder:
 
     def __init__(self, *, provenance: Mapping[str, Any] | None = None) -> None:
         self.started_monotonic = time.monotonic()
-        self.provenance: dict[str, Any] = {"started_at": now_iso(), **(provenance or {})}
+        self.provenance: dict[str, Any] = {
+            "started_at": now_iso(),
+            "finished_at": None,
+            **(provenance or {}),
+        }
         self.suites: list[dict[str, Any]] = []
         self.claims: dict[str, dict[str, Any]] = {}
         self.evaluations: dict[str, Any] = {}
         #: findings that question the strength of the evaluation (audit.diagnostics)
         self.diagnostics: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
+        #: the claim and the evaluation in progress (claims done are counted when written)
+        self.progress: dict[str, Any] = {}
+        #: what stopped the run early ("SIGTERM", "SIGINT", "--exitfirst", ...), if anything
+        self.interrupted_by: str | None = None
         self.finished = False
 
     def add_suite(self, suite: Mapping[str, Any]) -> None:
@@ -88,6 +128,8 @@ class RunRecorder:
                 "params": {k: v for k, v in spec.params.items() if not k.startswith("_")},
                 "statistic": spec.statistic,
                 "threshold": spec.threshold.to_dict(),
+                # the claim's own wall-clock budget (None: the claim_timeout setting's, if any)
+                "timeout": spec.timeout,
                 "source": spec.source,
                 "measured": None,
                 "compared": None,
@@ -130,14 +172,26 @@ class RunRecorder:
 
     def to_dict(self, *, complete: bool) -> dict[str, Any]:
         provenance = dict(self.provenance)
-        if self.finished:
-            provenance.setdefault("finished_at", now_iso())
+        if self.finished and not provenance.get("finished_at"):
+            provenance["finished_at"] = now_iso()
         provenance["duration_s"] = round(time.monotonic() - self.started_monotonic, 3)
-        return {
+        record: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "complete": complete,
-            "status": self.status(complete),
+            "status": self.status(complete) if self.finished else RUNNING,
             "summary": self.summary(),
+            "progress": {
+                "claims_done": sum(1 for c in self.claims.values() if c["verdict"] != "not_run"),
+                "claims_total": len(self.claims),
+                **self.progress,
+                "updated_at": now_iso(),
+            },
+        }
+        if self.interrupted_by is not None:
+            # read by the report's banner, which lists why a run is incomplete
+            record["reason"] = f"the run was stopped early by {self.interrupted_by}"
+        return {
+            **record,
             "provenance": provenance,
             "suites": self.suites,
             "errors": self.errors,

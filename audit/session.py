@@ -12,20 +12,25 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from audit.budget import claim_budget
 from audit.claims import ClaimSpec, Verdict, get_kind, judge
 from audit.config import Settings
-from audit.errors import ModelError, SegAuditError
+from audit.errors import ClaimTimeout, ModelError, SegAuditError
+from audit.evaluation_entries import certification_entry, min_norm_entry
+from audit.interrupts import SigtermAsInterrupt, Terminated, describe_interruption, signal_name
 from audit.results import RunRecorder, finite_or_none, now_iso
 from audit.suite import Suite, load_suite, override_thresholds
 
 if TYPE_CHECKING:
     from audit.engine import Engine
 
+#: how often a long evaluation rewrites the partial record (seconds)
+PROGRESS_WRITE_INTERVAL_S = 5.0
 _VERSIONED = ("torch", "torchvision", "numpy", "pytest", "foolbox", "torchattacks", "jinja2")
 
 
@@ -40,6 +45,14 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def pickle_trust(settings: Settings) -> dict[str, Any]:
+    """Whether a fully pickled model may run code, and which setting said so (provenance)."""
+    source = settings.sources.get("trust_pickle")
+    if source is None:
+        source = "Settings (Python API)" if settings.trust_pickle else "default"
+    return {"enabled": settings.trust_pickle, "source": source}
+
+
 class ClaimFailed(AssertionError):
     """A claim was measured and does not hold."""
 
@@ -51,8 +64,16 @@ class ClaimFailed(AssertionError):
 class AuditSession:
     """Settings, suites, a lazily built engine, and the run's record."""
 
-    def __init__(self, settings: Settings, *, command_line: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        command_line: Sequence[str] = (),
+        writes_record: bool = True,
+    ) -> None:
         self.settings = settings
+        #: False in processes whose results another process records (pytest-xdist workers)
+        self.writes_record = writes_record
         self.suites: list[Suite] = []
         self.recorder = RunRecorder(
             provenance={
@@ -60,6 +81,7 @@ class AuditSession:
                 "device_requested": settings.device,
                 "batch_size": settings.batch_size,
                 "limit": settings.limit,
+                "trust_pickle": pickle_trust(settings),
                 "command_line": list(command_line) or list(sys.argv),
                 "versions": library_versions(),
                 "hostname": socket.gethostname(),
@@ -67,6 +89,23 @@ class AuditSession:
         )
         self._engine: Engine | None = None
         self._engine_error: SegAuditError | None = None
+        self._last_progress_write = 0.0
+        #: SIGTERM as an interrupt; installed by whoever drives the run (plugin, run_audit)
+        self.sigterm = SigtermAsInterrupt()
+
+    # -- the record while the run goes on -----------------------------------------------
+    def checkpoint(self) -> None:
+        """Write the partial record now, so a run killed from here on still leaves it."""
+        if self.writes_record:
+            self.recorder.write(self.settings.report_dir, complete=False)
+
+    def _on_progress(self, progress: Mapping[str, Any]) -> None:
+        """Engine callback during long evaluations; writes at most every few seconds."""
+        self.recorder.progress["evaluation"] = dict(progress)
+        now = time.monotonic()
+        if now - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
+            self._last_progress_write = now
+            self.checkpoint()
 
     # -- suites -------------------------------------------------------------------------
     def load_suite(self, ref: str) -> Suite:
@@ -108,19 +147,25 @@ class AuditSession:
 
         s = self.settings
         model_path = demo_model_file() if s.uses_demo_model else Path(s.model)
-        loaded = load_model(model_path, factory=s.factory, trust_pickle=s.trust_pickle)
-        metadata = loaded.metadata
+        # The user's metadata (suite [model] tables, then settings) goes in with the model,
+        # so that it can stand in for keys of the file's audit.json SegAudit does not know.
+        override = ModelMetadata()
         for suite in self.suites:
             if suite.model_metadata:
-                override = ModelMetadata.from_mapping(
-                    suite.model_metadata, source=f"{suite.path} [model]"
+                override = override.merged(
+                    ModelMetadata.from_mapping(suite.model_metadata, source=f"{suite.path} [model]")
                 )
-                metadata = metadata.merged(override)
         if s.metadata:
             source = s.sources.get("metadata", "settings")
-            metadata = metadata.merged(ModelMetadata.from_mapping(s.metadata, source=source))
-        loaded = loaded.with_metadata(metadata)
-        dataset = open_dataset(s.data, base_dir=s.base_for("data"))
+            override = override.merged(ModelMetadata.from_mapping(s.metadata, source=source))
+        loaded = load_model(
+            model_path, factory=s.factory, trust_pickle=s.trust_pickle, metadata=override
+        )
+        metadata = loaded.metadata
+        # Folder data without classes.txt takes the class names the model declares.
+        dataset = open_dataset(
+            s.data, base_dir=s.base_for("data"), default_class_names=metadata.class_names
+        )
         if metadata.num_classes is not None and metadata.num_classes != dataset.num_classes:
             raise ModelError(
                 f"model {model_path.name!r} declares {metadata.num_classes} classes but dataset "
@@ -145,6 +190,8 @@ class AuditSession:
                 "sha256": loaded.sha256,
                 "format": loaded.format,
                 "metadata": metadata.to_dict(),
+                # keys of the file's audit.json replaced by the user's metadata, and ignored
+                "embedded_keys_replaced": dict(loaded.ignored_embedded),
             },
             dataset={
                 "spec": s.data,
@@ -157,6 +204,8 @@ class AuditSession:
                 "describe": dataset.describe(),
             },
         )
+        engine.on_progress = self._on_progress
+        self.checkpoint()
         return engine
 
     # -- claims -------------------------------------------------------------------------
@@ -169,10 +218,22 @@ class AuditSession:
         Any other exception is recorded as the claim's error and propagates.
         """
         self.register(spec)
+        self.sigterm.raise_if_received()
+        self.recorder.progress = {"claim": spec.nodeid}
+        self.checkpoint()
         start = time.perf_counter()
         try:
-            measurement = get_kind(spec.kind).measure(spec, self.engine)
+            engine = self.engine
+            with engine.deadline(*claim_budget(spec, self.settings)):
+                measurement = get_kind(spec.kind).measure(spec, engine)
+        except KeyboardInterrupt as exc:
+            self._record_interrupted(spec, start, signal_name(exc))
+            raise
         except Exception as exc:
+            if self.sigterm.received is not None:
+                # a library turned the interrupt into an ordinary error: still an interrupt
+                self._record_interrupted(spec, start, self.sigterm.received)
+                raise Terminated(self.sigterm.received) from exc
             self.recorder.record_claim(
                 spec.nodeid,
                 verdict="error",
@@ -180,7 +241,9 @@ class AuditSession:
                 if not isinstance(exc, SegAuditError)
                 else str(exc),
                 duration_s=round(time.perf_counter() - start, 4),
+                evidence={"partial": exc.progress} if isinstance(exc, ClaimTimeout) else {},
             )
+            self.checkpoint()
             raise
         verdict = judge(spec, measurement)
         evidence = dict(measurement.evidence)
@@ -199,9 +262,19 @@ class AuditSession:
             evidence=evidence,
             duration_s=round(time.perf_counter() - start, 4),
         )
+        self.checkpoint()
         if not verdict.passed:
             raise ClaimFailed(verdict, spec.statement)
         return entry
+
+    def _record_interrupted(self, spec: ClaimSpec, start: float, signal: str) -> None:
+        # Stays "not_run": it was not measured; the message says why it stopped.
+        elapsed = time.perf_counter() - start
+        self.recorder.record_claim(
+            spec.nodeid,
+            message=f"interrupted by {signal} after {elapsed:.1f} s",
+            duration_s=round(elapsed, 4),
+        )
 
     def _save_artifacts(self, spec: ClaimSpec, artifacts: Any) -> dict[str, str]:
         """Save a claim's arrays under ``<report>/evidence/<claim>/``; paths relative to the
@@ -221,23 +294,51 @@ class AuditSession:
         return saved
 
     # -- the end ------------------------------------------------------------------------
-    def finish(self, *, complete: bool) -> Path:
-        """Write ``results.json`` (always) and render ``index.html`` from it."""
+    def finish(self, *, complete: bool, interrupted_by: str | None = None) -> Path:
+        """Write ``results.json`` (always) and render ``index.html`` from it.
+
+        Summarising an evaluation for the report can fail (a model that crashed on the
+        first batch, a full disk for example images); each failure becomes an error in the
+        record and the rest of the record and the report are still written.
+        """
         from audit.report import render_report
 
         report_dir = self.settings.report_dir
+        if interrupted_by is not None:
+            self.recorder.interrupted_by = interrupted_by
         if self.engine_ready:
-            # An interrupted run reports what it has, but starts no new computation.
-            self._record_clean_evaluation(report_dir, compute=complete)
-            self._record_attack_evaluations(report_dir, compute=complete)
-            self._record_certifications(report_dir)
+            # An interrupted run reports what it has, but starts no new computation; nor
+            # does one whose claims ran out of time (the report would redo that work with
+            # no budget at all).
+            compute = complete and not self.engine.timed_out
+            steps: tuple[tuple[str, Callable[[], None]], ...] = (
+                ("model output", self._record_model_output),
+                ("clean evaluation", lambda: self._record_clean_evaluation(report_dir, compute)),
+                ("attack evaluations", lambda: self._record_attacks(report_dir, compute)),
+                ("certificates", lambda: self._record_certifications(report_dir)),
+            )
+            for what, step in steps:
+                try:
+                    step()
+                except Exception as exc:
+                    self.recorder.record_error(
+                        f"report: {what}", f"could not be summarised: {type(exc).__name__}: {exc}"
+                    )
+        self.recorder.progress.pop("evaluation", None)
         self.recorder.finished = True
         self.recorder.provenance["finished_at"] = now_iso()
         results = self.recorder.write(report_dir, complete=complete)
         render_report(report_dir)
         return results
 
-    def _record_clean_evaluation(self, report_dir: Path, *, compute: bool) -> None:
+    def _record_model_output(self) -> None:
+        """The model's output resolution and the wrapper's resize factor, known only once
+        the model has run (a refused resize is in the errors instead)."""
+        resolution = self.engine.module.output_resolution
+        if resolution is not None:
+            self.recorder.provenance.setdefault("model", {}).update(resolution.to_dict())
+
+    def _record_clean_evaluation(self, report_dir: Path, compute: bool) -> None:
         """Add the clean evaluation (per-class table, examples) to the record for the report."""
         from audit import metrics
         from audit.examples import write_examples
@@ -291,7 +392,7 @@ class AuditSession:
             list(clean.resolution) if clean.resolution else None
         )
 
-    def _record_attack_evaluations(self, report_dir: Path, *, compute: bool) -> None:
+    def _record_attacks(self, report_dir: Path, compute: bool) -> None:
         """Summaries of every attack and minimal-norm evaluation, their worst examples, and
         the gradient-masking diagnostics computed from them."""
         from audit.diagnostics import attack_diagnostics
@@ -319,7 +420,7 @@ class AuditSession:
         self.recorder.diagnostics = attack_diagnostics(entries)
         if engine.min_norm_evaluations:
             self.recorder.evaluations["min_norm"] = [
-                _min_norm_entry(e) for e in engine.min_norm_evaluations.values()
+                min_norm_entry(e) for e in engine.min_norm_evaluations.values()
             ]
 
     def _attack_entry(
@@ -385,7 +486,7 @@ class AuditSession:
         if not engine.certifications and not engine.soundness:
             return
         entries = [
-            _certification_entry(c, report_dir, engine) for c in engine.certifications.values()
+            certification_entry(c, report_dir, engine) for c in engine.certifications.values()
         ]
         self.recorder.evaluations["certificates"] = entries
         soundness = []
@@ -420,124 +521,6 @@ class AuditSession:
         self.recorder.evaluations["soundness"] = soundness
 
 
-def _certification_entry(cert: Any, report_dir: Path, engine: Any) -> dict[str, Any]:
-    import hashlib
-
-    from audit import metrics
-    from audit.certification import KAPPA, LipschitzCertification, smoothing_miou
-
-    if isinstance(cert, LipschitzCertification):
-        digest = hashlib.sha256(repr((cert.lipschitz.value, cert.radii)).encode()).hexdigest()
-        entry_id = f"lipschitz-{digest[:6]}"
-        pa = cert.pixel_accuracy.sum(0)
-        frac = cert.fraction.sum(0)
-        return {
-            "id": entry_id,
-            "certifier": "lipschitz",
-            "lipschitz": cert.lipschitz.to_dict(),
-            "radii": list(cert.radii),
-            "certified_pixel_accuracy": [
-                finite_or_none(float(metrics.ratio_of_sums(row))) for row in pa
-            ],
-            "certified_fraction": [
-                finite_or_none(float(metrics.ratio_of_sums(row))) for row in frac
-            ],
-            "clean_pixel_accuracy": finite_or_none(cert.clean_pixel_accuracy),
-            "resolution": list(cert.resolution) if cert.resolution else None,
-            "num_samples": cert.num_samples,
-            "forward_passes": cert.forward_passes,
-            "seconds": round(cert.seconds, 4),
-            "kappa": KAPPA,
-            "examples": _write_radius_maps(report_dir, entry_id, cert.examples),
-        }
-    digest = hashlib.sha256(repr(sorted(cert.config.items())).encode()).hexdigest()
-    cm = cert.per_image.sum(0).numpy()
-    return {
-        "id": f"smoothing-{digest[:6]}",
-        "certifier": "smoothing",
-        "config": dict(cert.config),
-        "radius": cert.radius,
-        "certified_pixel_accuracy": finite_or_none(float(metrics.pixel_accuracy(cm))),
-        "certified_miou": finite_or_none(float(smoothing_miou(cm))),
-        "abstain_rate": finite_or_none(float(cert.abstained.sum() / cert.pixels.sum())),
-        "num_samples": cert.num_samples,
-        "forward_passes": cert.forward_passes,
-        "seconds": round(cert.seconds, 4),
-    }
-
-
-#: viridis at five stops, for radius heat maps (the report draws the same colour bar)
-_VIRIDIS = ((68, 1, 84), (59, 82, 139), (33, 145, 140), (94, 201, 98), (253, 231, 37))
-
-
-def _write_radius_maps(report_dir: Path, entry_id: str, examples: Any) -> list[dict[str, Any]]:
-    import numpy as np
-    from PIL import Image
-
-    folder = report_dir / "certificates" / entry_id
-    folder.mkdir(parents=True, exist_ok=True)
-    stops = np.asarray(_VIRIDIS, dtype=np.float64)
-    out = []
-    for i, ex in enumerate(examples):
-        radius = np.nan_to_num(ex.radius.astype(np.float64), nan=0.0, posinf=0.0)
-        top = float(np.quantile(radius, 0.99)) or 1e-12
-        scaled = np.clip(radius / top, 0, 1) * (len(stops) - 1)
-        low = np.floor(scaled).astype(int).clip(0, len(stops) - 2)
-        frac = (scaled - low)[..., None]
-        rgb = (stops[low] * (1 - frac) + stops[low + 1] * frac).round().astype(np.uint8)
-        Image.fromarray(ex.image).save(folder / f"{i}-image.png", optimize=True)
-        Image.fromarray(rgb).save(folder / f"{i}-radius.png", optimize=True)
-        out.append(
-            {
-                "name": ex.name,
-                "image": f"certificates/{entry_id}/{i}-image.png",
-                "radius_map": f"certificates/{entry_id}/{i}-radius.png",
-                "radius_max_shown": top,
-                "median_radius": float(np.median(radius)),
-                "certified_share_at": {
-                    str(r): float((radius > r).mean()) for r in (0.05, 0.1, 0.17)
-                },
-            }
-        )
-    return out
-
-
-def _min_norm_entry(ev: Any) -> dict[str, Any]:
-    import numpy as np
-
-    def summary(values: Any) -> dict[str, Any]:
-        array = values.numpy()
-        finite = np.isfinite(array)
-        quantiles = {
-            str(q): finite_or_none(float(np.quantile(array, q, method="inverted_cdf")))
-            if array.size
-            else None
-            for q in (0.1, 0.25, 0.5, 0.75, 0.9)
-        }
-        return {
-            "median": quantiles["0.5"],
-            "quantiles": quantiles,
-            "finite_fraction": float(finite.mean()) if array.size else None,
-            "count": int(array.size),
-        }
-
-    image = summary(ev.image_radius)
-    image["values"] = [finite_or_none(float(v)) for v in ev.image_radius.tolist()]
-    return {
-        "id": ev.id,
-        "attack": ev.attack,
-        "params": ev.params,
-        "norm": ev.norm,
-        "num_samples": ev.num_samples,
-        "image_radius": image,
-        "pixel_radius": summary(ev.pixel_radius),
-        "reached": int(ev.reached.sum()),
-        "forward_passes": ev.forward_passes,
-        "backward_passes": ev.backward_passes,
-        "seconds": round(ev.seconds, 4),
-    }
-
-
 def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dict[str, Any]:
     """Check every claim of the settings' suites without pytest; return the results record.
 
@@ -553,12 +536,18 @@ def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dic
                 session.register(spec)
                 specs.append(spec)
     complete = False
-    try:
-        for spec in specs:
-            # recorded by check(); the next claim still runs
-            with contextlib.suppress(ClaimFailed, SegAuditError):
-                session.check(spec)
-        complete = True
-    finally:
-        session.finish(complete=complete)
+    interrupted_by = None
+    session.checkpoint()
+    with session.sigterm:
+        try:
+            for spec in specs:
+                # recorded by check(); the next claim still runs
+                with contextlib.suppress(ClaimFailed, SegAuditError):
+                    session.check(spec)
+            complete = True
+        except KeyboardInterrupt as exc:
+            interrupted_by = describe_interruption(exc)
+            raise
+        finally:
+            session.finish(complete=complete, interrupted_by=interrupted_by)
     return session.recorder.to_dict(complete=complete)

@@ -155,6 +155,7 @@ def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
     start = time.perf_counter()
     n_images = 0
     for b, batch in enumerate(engine.batches()):
+        engine.check_radius(threat, batch.images.shape[1:])
         n_images += len(batch.names)
         with torch.no_grad():
             logits = engine.forward(batch.images, batch.names)
@@ -185,6 +186,7 @@ def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
             ignore_index=sentinel,
             num_classes=engine.num_classes,
             generator=generator,
+            on_step=engine.attack_step,
         )
         n_certified = int(certified.sum())
         for name, check in checks.items():
@@ -304,6 +306,10 @@ def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
     def compute() -> SoundnessResult:
         with full_float32():
             return run_soundness(engine, spec)
+
+    # Refused before the Lipschitz constant is resolved (a search that costs passes); each
+    # batch is checked again in the loop, for datasets of mixed sizes.
+    engine.check_radius(ThreatModel("l2", parse_epsilon(spec.params["eps"])))
 
     key = engine.key_parts("soundness", **{k: v for k, v in spec.params.items()})
     result: SoundnessResult = engine.cached(key, compute)

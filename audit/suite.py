@@ -16,7 +16,9 @@ from typing import Any
 
 from audit.claims import ClaimSpec, Threshold, Where, get_kind, known_kinds
 from audit.claims.base import COMMON_KEYS, STATISTICS
+from audit.config import not_utf8
 from audit.errors import ConfigError
+from audit.limits import check_ceilings, parse_timeout
 from audit.resources import suites_dir
 
 SUITE_KEYS = {
@@ -70,6 +72,8 @@ def load_suite(ref: str | Path, *, base_dir: Path | None = None) -> Suite:
             data = tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(not_utf8(exc), source=str(path)) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
     return parse_suite(data, path=path)
@@ -134,6 +138,9 @@ def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimS
                 )
     if threshold.min is not None and threshold.max is not None and threshold.min > threshold.max:
         raise where.error(f"min {threshold.min:g} exceeds max {threshold.max:g}", key="min")
+    # Before the kind's own checks, so a huge number is reported as what it is (too much
+    # work) even where the kind would also refuse its type (steps = 1e9 is a float).
+    check_ceilings(raw, where)
     params = kind.parse(raw, where)
     spec = ClaimSpec(
         suite=suite,
@@ -144,6 +151,7 @@ def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimS
         threshold=threshold,
         statistic=statistic,
         source=source,
+        timeout=parse_timeout(raw, where),
     )
     return kind.expand(spec)
 

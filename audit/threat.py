@@ -81,3 +81,49 @@ def parse_norm(raw: Any) -> str:
     if not isinstance(raw, str) or raw.lower() not in NORMS:
         raise ValueError(f"expected one of {', '.join(NORMS)}, got {raw!r}")
     return raw.lower()
+
+
+#: the largest Linf epsilon with a meaning: pixels lie in [0, 1], so a ball of radius 1
+#: already reaches every image
+LINF_MAX = 1.0
+
+
+def epsilon_problem(norm: str, eps: Epsilon) -> str | None:
+    """Why ``eps`` is no threat model in ``norm`` whatever the images, or ``None``.
+
+    Only Linf has a bound independent of the resolution; an L2 radius is checked against
+    the images once their size is known (:func:`radius_beyond_image`).
+    """
+    if norm != "linf" or eps.value <= LINF_MAX:
+        return None
+    hint = f"; did you mean '{eps.text}/255'?" if "/" not in eps.text else ""
+    return (
+        f"Linf epsilon {eps.text} is above {LINF_MAX:g}: pixel values lie in [0, 1], so an "
+        f"Linf ball of radius {LINF_MAX:g} already contains every image and the claim would "
+        f"say nothing{hint}"
+    )
+
+
+def image_diameter(resolution: tuple[int, int], channels: int = 3) -> float:
+    """L2 distance from the all-black to the all-white image, sqrt(C*H*W): no two images of
+    ``resolution`` in [0, 1] are further apart."""
+    height, width = resolution
+    return math.sqrt(channels * height * width)
+
+
+def radius_beyond_image(
+    threat: ThreatModel, resolution: tuple[int, int], channels: int = 3
+) -> str | None:
+    """Why an L2 ``threat`` is larger than images of ``resolution`` allow, or ``None``."""
+    if threat.norm != "l2":
+        return None
+    diameter = image_diameter(resolution, channels)
+    if threat.eps.value <= diameter:
+        return None
+    height, width = resolution
+    return (
+        f"L2 radius {threat.eps.text} exceeds the diameter of {height}x{width} images in "
+        f"[0, 1]: sqrt({channels}*{height}*{width}) = {diameter:.4g}, the L2 distance from "
+        "an all-black to an all-white image; every image lies within it, so the claim would "
+        f"say nothing; state a radius of at most {diameter:.4g} at this resolution"
+    )

@@ -18,6 +18,22 @@ from torch import nn
 with contextlib.suppress(ImportError):
     import torch.distributed.tensor
 
+
+# torch.export's save and load import modules that register global state (operator
+# libraries, cache artifact types) and cannot be imported twice either: one round trip of
+# a tiny program here imports them all before any in-process run can drop them.
+def _import_export_machinery() -> None:
+    import io
+
+    program = torch.export.export(nn.Conv2d(3, 2, 1).eval(), (torch.rand(1, 3, 4, 4),))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    buffer.seek(0)
+    torch.export.load(buffer)
+
+
+_import_export_machinery()
+
 #: small synthetic data so plugin runs take seconds
 TINY_DATA = "synthetic?n=4&size=32x64"
 

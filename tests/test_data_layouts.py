@@ -292,7 +292,7 @@ def _write_folder(root: Path, stems: list[str], *, classes: list[str] | None = N
 
 def test_folder_pairs_by_stem_with_classes_file(tmp_path: Path) -> None:
     _write_folder(tmp_path, ["b", "a", "c"], classes=["bg", "crack", "rust"])
-    (tmp_path / "masks" / "orphan.png").write_bytes(b"")  # masks without images are unused
+    (tmp_path / "masks" / "notes.txt").write_text("not a mask")  # only PNGs are masks
     ds = FolderDataset(tmp_path)
     assert ds.class_names == ("bg", "crack", "rust") and ds.num_classes == 3
     assert len(ds.palette) == 3 and ds.ignore_index == 255
@@ -301,6 +301,7 @@ def test_folder_pairs_by_stem_with_classes_file(tmp_path: Path) -> None:
     info = ds.describe()
     assert info["images"] == "images" and info["masks"] == "masks" and info["num_samples"] == 3
     assert info["class_names"] == ["bg", "crack", "rust"] and info["ignore_index"] == 255
+    assert info["class_names_from"].endswith("classes.txt")
 
 
 def test_folder_class_names_argument_and_custom_dirs(tmp_path: Path) -> None:
@@ -345,6 +346,62 @@ def test_folder_layout_errors(tmp_path: Path) -> None:
         p.unlink()
     with pytest.raises(DataError, match="holds no images"):
         FolderDataset(tmp_path)
+
+
+def test_folder_masks_without_images_are_an_error_naming_them(tmp_path: Path) -> None:
+    # A mask whose image is missing (a failed copy, a typo in a stem) would silently shrink
+    # the audited set; it must be named, not skipped.
+    _write_folder(tmp_path, ["x", "y"], classes=["a", "b", "c"])
+    labels = np.zeros((5, 7), np.uint8)
+    for k in range(11):
+        Image.fromarray(labels, "L").save(tmp_path / "masks" / f"orphan{k:02d}.png")
+    with pytest.raises(DataError) as info:
+        FolderDataset(tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"11 mask(s) in {tmp_path / 'masks'} have no image")
+    named = [f"orphan{k:02d}.png" for k in range(8)]
+    assert ", ".join(named) + " and 3 more" in message
+    assert "orphan08.png" not in message
+    assert "add their images or move the masks out" in message
+
+
+def test_folder_one_orphan_mask(tmp_path: Path) -> None:
+    _write_folder(tmp_path, ["x"], classes=["a", "b"])
+    (tmp_path / "images" / "x.png").rename(tmp_path / "images" / "x2.png")
+    # x2.png has no mask: that error comes first, as before.
+    with pytest.raises(DataError, match=r"image .*x2\.png has no mask"):
+        FolderDataset(tmp_path)
+    Image.fromarray(np.zeros((5, 7), np.uint8), "L").save(tmp_path / "masks" / "x2.png")
+    with pytest.raises(DataError, match=r"^1 mask\(s\) in .*masks have no image .*: x\.png;"):
+        FolderDataset(tmp_path)
+
+
+def test_folder_class_names_default_from_the_model(tmp_path: Path) -> None:
+    _write_folder(tmp_path, ["x", "y"])
+    ds = FolderDataset(tmp_path, default_class_names=("road", "car", "sky"))
+    assert ds.class_names == ("road", "car", "sky")
+    assert ds.describe()["class_names_from"] == "the model's metadata"
+    assert set(ds[1].mask.unique().tolist()) == {1, 255}
+    # The dataset's own names win over the default: classes= first, then classes.txt.
+    given = FolderDataset(tmp_path, class_names=["a", "b"], default_class_names=["m", "n"])
+    assert given.class_names == ("a", "b") and given.describe()["class_names_from"] == (
+        "class_names"
+    )
+    (tmp_path / "classes.txt").write_text("p\nq\nr\n")
+    from_file = FolderDataset(tmp_path, default_class_names=["m", "n"])
+    assert from_file.class_names == ("p", "q", "r")
+    with pytest.raises(DataError, match=r"from the model's metadata\) repeat \['a'\]"):
+        (tmp_path / "classes.txt").unlink()
+        FolderDataset(tmp_path, default_class_names=["a", "a"])
+
+
+def test_folder_without_any_class_names_says_every_way_to_give_them(tmp_path: Path) -> None:
+    _write_folder(tmp_path, ["x"])
+    with pytest.raises(DataError) as info:
+        FolderDataset(tmp_path)
+    message = str(info.value)
+    assert "classes.txt" in message and "classes=a,b,c" in message
+    assert "class_names in the model's metadata" in message
 
 
 def test_folder_size_mismatch_and_corrupt_mask(tmp_path: Path) -> None:

@@ -122,3 +122,19 @@ def test_missing_data_is_a_data_error(tmp_path: Path) -> None:
         open_dataset("cityscapes:nowhere", base_dir=tmp_path)
     with pytest.raises(DataError, match="is not a VOC2012 folder"):
         open_dataset(f"voc:{tmp_path}")
+
+
+def test_default_class_names_reach_only_a_folder_without_its_own(folder_root: Path) -> None:
+    spec = f"folder:{folder_root}?images=img&masks=lbl"
+    model_names = ("bg", "thing")
+    ds = open_dataset(spec, default_class_names=model_names)
+    assert ds.class_names == model_names
+    assert ds.describe()["class_names_from"] == "the model's metadata"
+    # The spec's own classes= wins over the model's names.
+    own = open_dataset(spec + "&classes=x,y,z", default_class_names=model_names)
+    assert own.class_names == ("x", "y", "z")
+    # Layouts with fixed classes ignore the default.
+    synthetic = open_dataset("synthetic?n=2", default_class_names=model_names)
+    assert synthetic.num_classes == 8
+    with pytest.raises(DataError, match=r"no class names .*model.s metadata"):
+        open_dataset(spec)

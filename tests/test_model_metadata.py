@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 
 from audit.data.cityscapes import CITYSCAPES_CLASSES
 from audit.errors import ConfigError, EvaluationError, ModelError
-from audit.model import ModelMetadata, check_finite, check_num_classes
+from audit.model import ModelMetadata, check_finite, check_num_classes, load_model
+from audit.model.metadata import check_set_aside
+from conftest import ColourNet, save_torchscript
 
 SOURCE = "model.pt (audit.json)"
 
@@ -123,6 +126,70 @@ def test_merged_reports_a_combination_that_disagrees() -> None:
     base = ModelMetadata(class_names=("a", "b"))
     with pytest.raises(ConfigError, match=r"disagree.*expected 3 class names"):
         base.merged(ModelMetadata(num_classes=3))
+
+
+# -- unknown keys in a model's own audit.json ---------------------------------------------
+
+NAMES = ["road", "car", "sky"]
+
+
+def test_split_mapping_validates_known_keys_and_sets_unknown_ones_aside() -> None:
+    meta, unknown = ModelMetadata.split_mapping(
+        {"name": "m", "classes": NAMES, "author": "x"}, source=SOURCE
+    )
+    assert meta == ModelMetadata(name="m")
+    assert unknown == {"classes": NAMES, "author": "x"}
+    # Known keys are as strict as ever.
+    with pytest.raises(ConfigError, match=r"key 'std': expected a list of 3 positive"):
+        ModelMetadata.split_mapping({"std": [0, 1, 1], "classes": NAMES}, source=SOURCE)
+
+
+def test_user_metadata_replaces_an_unknown_embedded_key_it_resembles() -> None:
+    user = ModelMetadata(class_names=tuple(NAMES))
+    assert check_set_aside({"classes": NAMES}, user, source=SOURCE) == {"classes": "class_names"}
+    # 'classes' is as close to num_classes: a user who states the count answers it too.
+    assert check_set_aside({"classes": 3}, ModelMetadata(num_classes=3), source=SOURCE) == {
+        "classes": "num_classes"
+    }
+    assert check_set_aside({}, None, source=SOURCE) == {}
+
+
+def test_unreplaced_unknown_embedded_key_says_how_to_fix_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        check_set_aside({"classes": NAMES}, ModelMetadata(name="x"), source=SOURCE)
+    message = str(info.value)
+    assert message.startswith(
+        "model.pt (audit.json), key 'classes': unknown model metadata key "
+        "(did you mean 'num_classes' or 'class_names'?)"
+    )
+    assert "re-export the model with 'num_classes' or 'class_names' in its audit.json" in message
+    assert "--audit-metadata FILE, [tool.segaudit.metadata]" in message
+    assert info.value.key == "classes"
+
+
+def test_unknown_embedded_key_with_no_known_lookalike_stays_an_error() -> None:
+    # The user's metadata cannot say what 'normalise' meant; guessing could change scores.
+    full = ModelMetadata(class_names=tuple(NAMES), mean=(0, 0, 0), std=(1, 1, 1))
+    with pytest.raises(ConfigError, match=r"key 'normalise'.*will not guess: re-export"):
+        check_set_aside({"normalise": "imagenet"}, full, source=SOURCE)
+
+
+def test_user_supplied_metadata_stays_strict() -> None:
+    with pytest.raises(ConfigError, match=r"key 'classes': unknown .*did you mean"):
+        ModelMetadata.from_mapping({"classes": NAMES}, source="meta.json")
+
+
+def test_load_model_lets_the_callers_metadata_replace_an_unknown_embedded_key(
+    tmp_path: Path,
+) -> None:
+    meta = {"name": "third-party", "classes": NAMES}
+    path = save_torchscript(ColourNet(num_classes=3), tmp_path / "m.pt", meta)
+    with pytest.raises(ConfigError, match=r"m\.pt \(audit\.json\), key 'classes'"):
+        load_model(path)
+    loaded = load_model(path, metadata=ModelMetadata(class_names=tuple(NAMES)))
+    assert loaded.metadata == ModelMetadata(name="third-party", class_names=tuple(NAMES))
+    assert loaded.embedded_metadata == ModelMetadata(name="third-party")
+    assert loaded.ignored_embedded == {"classes": "class_names"}
 
 
 _finite = st.floats(min_value=-10, max_value=10, allow_nan=False)

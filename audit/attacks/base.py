@@ -32,6 +32,9 @@ class AttackContext:
     #: called with each input gradient a native attack computes, so the engine can watch
     #: for zero or non-finite gradients (signs of gradient masking)
     on_gradient: Callable[[torch.Tensor], None] = lambda grad: None
+    #: called after each step of an iterative attack with (steps done, steps): the engine
+    #: records the progress and stops a claim whose time budget is spent
+    on_step: Callable[[int, int], None] = lambda done, total: None
 
 
 class Attack(ABC):

@@ -104,9 +104,10 @@ class _Iterative(Attack):
         else:
             loss, sign = ce(ctx), 1.0
         adv = images.clone()
-        for _ in range(steps):
+        for t in range(steps):
             grad, _ = input_gradient(adv, labels, ctx, loss)
             adv = project(adv + sign * step_size * grad.sign(), images, threat)
+            ctx.on_step(t + 1, steps)
         return adv
 
 
@@ -153,6 +154,7 @@ class PGD(Attack):
             for t in range(steps):
                 grad, _ = input_gradient(adv, labels, ctx, self.loss(ctx, t, steps))
                 adv = project(adv + step_size * _step(grad, threat.norm), images, threat)
+                ctx.on_step(t + 1, steps)
             return adv
 
         return worst_of_restarts(

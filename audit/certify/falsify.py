@@ -70,12 +70,15 @@ def lipschitz_lower_bound(
     power_steps: int = 30,
     ascent_steps: int = 50,
     radius: float = 1e-2,
+    tick: Callable[[], None] = lambda: None,
 ) -> LowerBound:
     """Best ratio ``||f(x) - f(y)|| / ||x - y||`` found near ``images`` (N x C x H x W in [0, 1]).
 
     Deterministic for a seeded ``generator`` (random draws are made on its device).  Uses
     ``torch.autograd.grad`` with respect to the inputs only: parameters' ``.grad`` are never
     touched, and the model is evaluated in eval mode through a copy when it is a module.
+    ``tick`` is called at every step of both searches; it may raise to stop them (the
+    engine's time budget does).
     """
     if images.dim() != 4 or not images.is_floating_point() or images.shape[0] == 0:
         raise EvaluationError(
@@ -92,7 +95,7 @@ def lipschitz_lower_bound(
     allowance = _ROUNDING.get(dtype, 1e-2)
     with torch.no_grad():
         f_x0 = f(x0)
-    direction, sigma = _power_iteration(f, x0, generator, power_steps)
+    direction, sigma = _power_iteration(f, x0, generator, power_steps, tick)
 
     # The pair distance: r, raised in reduced precision until rounding is negligible.
     out_norm = _norms(f_x0)
@@ -110,6 +113,7 @@ def lipschitz_lower_bound(
     best.offer(start, f, "power iteration")
     delta = start
     for step in range(ascent_steps):
+        tick()
         delta = delta.detach().requires_grad_(True)
         with torch.enable_grad():
             out = f(anchor + delta)
@@ -198,6 +202,7 @@ def _power_iteration(
     x: torch.Tensor,
     generator: torch.Generator,
     steps: int,
+    tick: Callable[[], None],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top right singular vector of the Jacobian at each image, and ``||J v||`` for it."""
     v = torch.randn(x.shape, generator=generator, device=generator.device, dtype=x.dtype)
@@ -211,6 +216,7 @@ def _power_iteration(
         (jt_u,) = torch.autograd.grad(out, xg, u, create_graph=True)  # J^T u, linear in u
         exact_jv = True
         for _ in range(steps):
+            tick()
             jv = _jvp(f, xg, out, jt_u, u, v, exact_jv)
             if jv is None:  # no double backward through this model: finite differences
                 exact_jv = False

@@ -15,7 +15,7 @@ from audit.attacks import COMMON_PARAMS, NATIVE_SPECS, check_name, library_of
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
 from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
-from audit.threat import Epsilon, ThreatModel, parse_epsilon, parse_norm
+from audit.threat import Epsilon, ThreatModel, epsilon_problem, parse_epsilon, parse_norm
 
 if TYPE_CHECKING:
     from audit.adversarial import AttackEvaluation
@@ -62,6 +62,9 @@ def parse_threat_keys(raw: Mapping[str, Any], where: Where) -> tuple[str, list[E
             raise where.error(str(exc), key="eps") from None
         if any(e.value == eps.value for e in epsilons):
             raise where.error(f"epsilon {eps.text} appears twice in the list", key="eps")
+        problem = epsilon_problem(norm, eps)
+        if problem is not None:
+            raise where.error(problem, key="eps")
         epsilons.append(eps)
     return norm, epsilons
 

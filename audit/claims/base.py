@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from audit.errors import ConfigError
+from audit.limits import LIMIT_KEYS
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -29,6 +30,7 @@ COMMON_KEYS: dict[str, str] = {
     "min": "the lowest acceptable value (a number)",
     "max": "the highest acceptable value (a number)",
     "statistic": "'estimate' (default), 'ci_lower' or 'ci_upper': which value is compared",
+    **LIMIT_KEYS,
 }
 STATISTICS = ("estimate", "ci_lower", "ci_upper")
 
@@ -79,6 +81,8 @@ class ClaimSpec:
     threshold: Threshold
     statistic: str
     source: str
+    #: wall-clock budget in seconds (the claim's ``timeout`` key); ``None``: the setting's
+    timeout: float | None = None
 
     @property
     def nodeid(self) -> str:

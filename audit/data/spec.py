@@ -7,7 +7,7 @@ file layouts require one, resolved against ``base_dir`` when relative.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +100,18 @@ def _parse_query(query: str, accepted: dict[str, tuple[str, _Parser]], kind: str
     return kwargs
 
 
-def open_dataset(spec: str, *, base_dir: Path | None = None) -> SegmentationDataset:
-    """Build the dataset a spec names; see the module docstring for the grammar."""
+def open_dataset(
+    spec: str,
+    *,
+    base_dir: Path | None = None,
+    default_class_names: Sequence[str] | None = None,
+) -> SegmentationDataset:
+    """Build the dataset a spec names; see the module docstring for the grammar.
+
+    ``default_class_names`` (usually the model's declared ones) name the classes of a
+    layout that does not name them itself: a folder without ``classes.txt`` or
+    ``classes=``.  Layouts with fixed classes (synthetic, Cityscapes, VOC) ignore it.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise _error(f"empty data spec; examples: {', '.join(EXAMPLES)}")
     head, _, query = spec.strip().partition("?")
@@ -114,6 +124,8 @@ def open_dataset(spec: str, *, base_dir: Path | None = None) -> SegmentationData
             "kind",
         )
     kwargs = _parse_query(query, _OPTIONS[kind], kind)
+    if kind == "folder" and default_class_names is not None:
+        kwargs["default_class_names"] = default_class_names
     if kind == "synthetic":
         if colon:
             raise _error(f"synthetic data takes no path, got {path!r} in {spec!r}", "path")

@@ -11,11 +11,12 @@ from audit.model.checks import check_finite, check_num_classes
 from audit.model.fingerprint import fingerprint_module, tensor_digest
 from audit.model.loading import LoadedModel, load_model
 from audit.model.metadata import ModelMetadata
-from audit.model.wrapper import SegmentationWrapper
+from audit.model.wrapper import OutputResolution, SegmentationWrapper
 
 __all__ = [
     "LoadedModel",
     "ModelMetadata",
+    "OutputResolution",
     "SegmentationWrapper",
     "check_finite",
     "check_num_classes",

@@ -1,9 +1,34 @@
 """Load a model file of any supported format into a :class:`SegmentationWrapper`.
 
-Formats are recognised from the file's content (see :mod:`audit.model.formats`).  Nothing
-is ever unpickled with arbitrary-code execution unless the user opted in with
-``trust_pickle``: state dicts go through ``torch.load(weights_only=True)``, whose restricted
-unpickler refuses to call anything but tensor constructors.
+Formats are recognised from the file's content (see :mod:`audit.model.formats`).  A model
+file is untrusted input: unless the user opts in with ``trust_pickle``, no part of it is
+unpickled except by a restricted unpickler, and no Python source from it is evaluated (an
+exported graph runs as Python code that torch generates from its operators, not as text
+taken from the file).
+
+- ``torch.save`` files (state dicts, checkpoints, pickled modules) are read with
+  ``torch.load(weights_only=True)``, whose unpickler rebuilds tensors and plain containers
+  and raises on any other global before calling it (globals that code in this process
+  allowlisted with ``torch.serialization.add_safe_globals`` excepted).  A pickled module,
+  or a checkpoint holding any object that unpickler does not rebuild, is refused.
+- TorchScript archives: every pickled member is first checked, by reading its opcodes, for
+  globals outside torch (:mod:`audit.model.pickle_scan`).  ``torch.jit.load`` then reads
+  them with torch's C++ unpickler, which builds only tensors, containers and TorchScript
+  classes compiled from the archive's own code, never Python objects.  That TorchScript
+  code does run, on load (``__setstate__``) and in ``forward``: it can call operators
+  registered in this process, but no Python function.
+- ``torch.export`` archives: ``torch.export.load`` itself unpickles sample inputs with a
+  full-unpickle fallback, unpickles weights and constants stored pickled, and evaluates
+  the graph's shape expressions as Python, so it only ever reads a copy made by
+  :mod:`audit.model.export_archive`, without sample inputs or stored guard code, with every
+  shape expression checked, and with pickled weights and constants, AOTInductor code and
+  members of unknown role refused.  The loaded graph may pass only torch operators.
+- safetensors files are parsed by the safetensors library (a JSON header and raw bytes);
+  SegAudit reads only the ``audit.json`` string of the header's metadata, as JSON.
+
+With ``trust_pickle``, a ``torch.save`` file the restricted unpickler refuses is loaded with
+``weights_only=False``, and an export archive's pickled weights, constants and unknown
+members reach ``torch.export.load``: both run whatever code the file holds.
 """
 
 from __future__ import annotations
@@ -14,6 +39,8 @@ import importlib
 import json
 import pickle
 import warnings
+import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,14 +50,17 @@ import torch
 from torch import nn
 
 from audit.errors import ConfigError, ModelError
-from audit.model import formats
+from audit.model import export_archive, formats, pickle_scan
 from audit.model.frozen_training import export_training_ops, torchscript_training_ops
-from audit.model.metadata import ModelMetadata
+from audit.model.metadata import ModelMetadata, check_set_aside
 from audit.model.wrapper import SegmentationWrapper
 
 METADATA_MEMBER = "audit.json"
 # How many state-dict keys an error message lists.
 _SHOWN_KEYS = 8
+# An embedded audit.json: its known keys, validated, and its unknown keys set aside for
+# load_model to weigh against the user's metadata.
+_Embedded = tuple[ModelMetadata, dict[str, Any]]
 
 
 @dataclass
@@ -48,6 +78,9 @@ class LoadedModel:
     format: str  # "torchscript" | "export" | "state_dict" | "safetensors" | "pickle"
     metadata: ModelMetadata
     embedded_metadata: ModelMetadata = field(default_factory=ModelMetadata)
+    #: unknown keys of the embedded ``audit.json`` that the ``metadata`` argument replaced,
+    #: ``{file's key: replacing key}``; their values were ignored (see ``check_set_aside``)
+    ignored_embedded: dict[str, str] = field(default_factory=dict)
 
     def with_metadata(self, metadata: ModelMetadata) -> LoadedModel:
         """The same model rewrapped with ``metadata`` (new normalisation, same weights)."""
@@ -65,6 +98,9 @@ def load_model(
 ) -> LoadedModel:
     """Load ``path`` and wrap it; ``metadata`` overrides fields of the embedded metadata.
 
+    An embedded key SegAudit does not know is an error unless ``metadata`` sets the key it
+    resembles (``classes`` in the file, ``class_names`` given): then the file's is ignored.
+
     State dicts and ``.safetensors`` need ``factory="package.module:function"``, a
     function that builds the untrained ``nn.Module`` the weights belong to.
     """
@@ -75,18 +111,20 @@ def load_model(
         digest = _sha256(path)
     except OSError as exc:
         raise ModelError(f"cannot read model file {path}: {exc}") from exc
+    parsed: _Embedded = (ModelMetadata(), {})
     if kind == formats.TORCHSCRIPT:
-        model, embedded = _load_torchscript(path, map_location)
+        model, parsed = _load_torchscript(path, trust_pickle, map_location)
         fmt = "torchscript"
     elif kind == formats.EXPORT:
-        model, embedded = _load_export(path, map_location)
+        model, parsed = _load_export(path, trust_pickle, map_location)
         fmt = "export"
     elif kind == formats.SAFETENSORS:
-        model, embedded = _load_safetensors(path, factory, map_location)
+        model, parsed = _load_safetensors(path, factory, map_location)
         fmt = "safetensors"
     else:
         model, fmt = _load_torch_save(path, factory, trust_pickle, map_location)
-        embedded = ModelMetadata()
+    embedded, unknown = parsed
+    ignored = check_set_aside(unknown, metadata, source=f"{path} ({METADATA_MEMBER})")
     effective = embedded.merged(metadata) if metadata is not None else embedded
     wrapper = SegmentationWrapper(model, effective, name=path.name)
     return LoadedModel(
@@ -96,6 +134,7 @@ def load_model(
         format=fmt,
         metadata=effective,
         embedded_metadata=embedded,
+        ignored_embedded=ignored,
     )
 
 
@@ -116,18 +155,18 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _parse_embedded(raw: str | bytes, path: Path) -> ModelMetadata:
+def _parse_embedded(raw: str | bytes, path: Path) -> _Embedded:
     """Parse an embedded ``audit.json``; an absent (empty) member means no metadata."""
     text = raw.decode("utf-8", errors="replace") if isinstance(raw, bytes) else raw
     if not text.strip():
-        return ModelMetadata()
+        return ModelMetadata(), {}
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"embedded {METADATA_MEMBER} is not valid JSON: {exc}", source=str(path)
         ) from exc
-    return ModelMetadata.from_mapping(data, source=f"{path} ({METADATA_MEMBER})")
+    return ModelMetadata.split_mapping(data, source=f"{path} ({METADATA_MEMBER})")
 
 
 def _refuse_training_capture(path: Path, how: str, ops: list[str]) -> None:
@@ -142,8 +181,10 @@ def _refuse_training_capture(path: Path, how: str, ops: list[str]) -> None:
 
 
 def _load_torchscript(
-    path: Path, map_location: str | torch.device
-) -> tuple[nn.Module, ModelMetadata]:
+    path: Path, trust_pickle: bool, map_location: str | torch.device
+) -> tuple[nn.Module, _Embedded]:
+    if not trust_pickle:
+        _refuse_foreign_torchscript_globals(path)
     extra: dict[str, Any] = {METADATA_MEMBER: ""}
     try:
         with warnings.catch_warnings():
@@ -158,15 +199,25 @@ def _load_torchscript(
     return model, embedded
 
 
-def _load_export(path: Path, map_location: str | torch.device) -> tuple[nn.Module, ModelMetadata]:
+def _load_export(
+    path: Path, trust_pickle: bool, map_location: str | torch.device
+) -> tuple[nn.Module, _Embedded]:
     extra: dict[str, Any] = {METADATA_MEMBER: ""}
-    try:
-        program = torch.export.load(path, extra_files=extra)
-    except Exception as exc:
-        raise ModelError(f"cannot load torch.export program {path}: {exc}") from exc
+    # torch.export.load unpickles and evaluates parts of the archive; it only ever sees a
+    # copy holding the parts it reads as JSON, text or raw tensor bytes (see export_archive).
+    with export_archive.sanitised_archive(path, trust_pickle=trust_pickle) as archive:
+        try:
+            program = torch.export.load(archive, extra_files=extra)
+        except Exception as exc:
+            raise ModelError(f"cannot load torch.export program {path}: {exc}") from exc
+    if not trust_pickle:
+        export_archive.check_program_callables(program, path)
     embedded = _parse_embedded(extra[METADATA_MEMBER], path)
     _refuse_training_capture(path, "exported", export_training_ops(program))
-    model = program.module()
+    # Guard functions are generated Python code; without sample inputs torch 2.14 makes
+    # none, and check_guards=False keeps it so. Input shapes are still checked against the
+    # exported ranges.
+    model = program.module(check_guards=False)
     if torch.device(map_location) != torch.device("cpu"):
         model = model.to(map_location)
     return model, embedded
@@ -174,7 +225,7 @@ def _load_export(path: Path, map_location: str | torch.device) -> tuple[nn.Modul
 
 def _load_safetensors(
     path: Path, factory: str | None, map_location: str | torch.device
-) -> tuple[nn.Module, ModelMetadata]:
+) -> tuple[nn.Module, _Embedded]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -213,8 +264,29 @@ def _load_torch_save(
     return _build_and_load(factory, state, path, map_location), "state_dict"
 
 
+def _refuse_foreign_torchscript_globals(path: Path) -> None:
+    # torch's C++ unpickler refuses these too, but its error names neither member nor file.
+    try:
+        foreign = pickle_scan.torchscript_foreign_globals(path)
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:
+        raise ModelError(f"cannot load TorchScript model {path}: {exc}") from exc
+    if foreign:
+        shown = "; ".join(f"{member} refers to {name}" for member, name in foreign[:4])
+        raise ModelError(
+            f"model file {path} is a TorchScript archive with pickled members that refer to "
+            f"Python objects a TorchScript file never holds ({shown}); it was crafted or "
+            "damaged, so SegAudit refuses it. Save the model again with torch.jit.save or "
+            "torch.export.save"
+        )
+
+
 def _pickle_refusal(path: Path, exc: Exception) -> str:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    # torch's first lines are advice to load the file anyway; the global it refused (or the
+    # opcode it does not support) comes after "WeightsUnpickler error:".
+    text = str(exc)
+    _, marker, detail = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (detail if marker else text).splitlines() if line.strip()]
+    reason = lines[0].split(" Please use ")[0] if lines else type(exc).__name__
     return (
         f"model file {path} is a pickled Python object (e.g. torch.save(model)), not just "
         "tensors; loading it would execute arbitrary code from the file, so SegAudit "

@@ -1,8 +1,11 @@
 """What a model file says about itself: classes, input normalisation, claimed Lipschitz bound.
 
 Metadata comes from an ``audit.json`` embedded in the model file and from the user's
-configuration; both pass through :meth:`ModelMetadata.from_mapping`, so a typo or a wrong
-type is reported with the file and key at fault instead of surfacing later as a shape error.
+configuration; both are validated key by key, so a typo or a wrong type is reported with the
+file and key at fault instead of surfacing later as a shape error.  The user's own metadata is
+strict (:meth:`ModelMetadata.from_mapping`); an embedded file's unknown keys are set aside
+(:meth:`ModelMetadata.split_mapping`) and forgiven only where the user's metadata replaces
+them (:func:`check_set_aside`), because the user may not be able to edit the model file.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ class ModelMetadata:
     lipschitz_source: str | None = None
     #: (H, W) the model was built for; informational only
     input_size: tuple[int, int] | None = None
+    #: accept logits of any size and resize them to the input (bilinear); without it the
+    #: wrapper accepts only logits at the input size divided by a whole number, because any
+    #: other resize is a guess at how the model's grid maps onto the image
+    accept_resize: bool | None = None
 
     def __post_init__(self) -> None:
         # Direct construction gets the same checks and coercions (lists -> tuples) as
@@ -55,23 +62,24 @@ class ModelMetadata:
         ``source`` names where ``data`` came from (``"model.pt (audit.json)"``,
         ``"pyproject.toml [tool.segaudit.model]"``) and prefixes every error.
         """
-        if not isinstance(data, Mapping):
-            raise ConfigError(
-                f"model metadata must be a table/object, got {type(data).__name__}",
-                source=source,
-            )
-        known = cls.known_keys()
-        for key in data:
-            if not isinstance(key, str) or key not in known:
-                hint = difflib.get_close_matches(str(key), known, n=1)
-                did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
-                raise ConfigError(
-                    f"unknown model metadata key{did_you_mean}; known keys are: "
-                    + ", ".join(known),
-                    source=source,
-                    key=str(key),
-                )
-        return cls(**_validate(dict(data), source=source))
+        values, unknown = _split(data, source=source)
+        if unknown:
+            key = next(iter(unknown))
+            raise ConfigError(_unknown_message(key), source=source, key=key)
+        return cls(**_validate(values, source=source))
+
+    @classmethod
+    def split_mapping(
+        cls, data: Mapping[str, Any], *, source: str
+    ) -> tuple[ModelMetadata, dict[str, Any]]:
+        """Like :meth:`from_mapping`, but unknown keys are returned aside instead of refused.
+
+        For metadata embedded in a model file, which the user may not be able to edit: the
+        known keys are validated as strictly, and :func:`check_set_aside` decides whether
+        the user's own metadata makes up for the unknown ones.
+        """
+        values, unknown = _split(data, source=source)
+        return cls(**_validate(values, source=source)), unknown
 
     def merged(self, override: ModelMetadata) -> ModelMetadata:
         """A copy where every field ``override`` sets (not ``None``) wins."""
@@ -94,6 +102,67 @@ class ModelMetadata:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+
+def _split(data: Mapping[str, Any], *, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(known keys and their values, unknown keys and theirs), in the mapping's order."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(
+            f"model metadata must be a table/object, got {type(data).__name__}", source=source
+        )
+    known = ModelMetadata.known_keys()
+    values = {k: v for k, v in data.items() if isinstance(k, str) and k in known}
+    unknown = {str(k): v for k, v in data.items() if not isinstance(k, str) or k not in known}
+    return values, unknown
+
+
+def replacements_for(key: str) -> tuple[str, ...]:
+    """The known keys an unknown one resembles, best first (``classes`` -> ``num_classes``,
+    ``class_names``: a tie, and either could be meant)."""
+    return tuple(difflib.get_close_matches(key, ModelMetadata.known_keys(), n=3))
+
+
+def _unknown_message(key: str) -> str:
+    hints = replacements_for(key)
+    did_you_mean = f" (did you mean {' or '.join(map(repr, hints))}?)" if hints else ""
+    return f"unknown model metadata key{did_you_mean}; known keys are: " + ", ".join(
+        ModelMetadata.known_keys()
+    )
+
+
+def check_set_aside(
+    unknown: Mapping[str, Any], supplied: ModelMetadata | None, *, source: str
+) -> dict[str, str]:
+    """Accept embedded keys the harness does not know only where the user replaced them.
+
+    An unknown key in a model's ``audit.json`` is forgiven when ``supplied`` (the user's
+    metadata: command line, settings, suite tables) sets a known key it resembles, so
+    ``classes`` in the file is answered by ``class_names`` from the user, and the file's
+    value is ignored.  Any other unknown key may mean something the audit would get wrong
+    without it (a normalisation under another name), so it stays an error, with the fix.
+    Returns ``{unknown key: the user's key that replaces it}``, for the record.
+    """
+    replaced: dict[str, str] = {}
+    for key in unknown:
+        hints = replacements_for(key)
+        given = [h for h in hints if supplied is not None and getattr(supplied, h) is not None]
+        if given:
+            replaced[key] = given[0]
+            continue
+        if hints:
+            named = " or ".join(map(repr, hints))
+            fix = (
+                f"re-export the model with {named} in its audit.json, or supply {named} in "
+                "your own metadata (--audit-metadata FILE, [tool.segaudit.metadata] in "
+                f"pyproject.toml, or the suite's [model] table), which then replaces {key!r}"
+            )
+        else:
+            fix = (
+                "SegAudit cannot tell what it means and will not guess: re-export the "
+                "model with an audit.json that uses only the known keys"
+            )
+        raise ConfigError(f"{_unknown_message(key)}; {fix}", source=source, key=key)
+    return replaced
 
 
 def _validate(values: dict[str, Any], *, source: str) -> dict[str, Any]:
@@ -173,6 +242,12 @@ def _lipschitz(value: Any, source: str, key: str) -> float:
     return float(value)
 
 
+def _flag(value: Any, source: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(source, key, "true or false", value)
+    return value
+
+
 def _input_size(value: Any, source: str, key: str) -> tuple[int, int]:
     expected = "[height, width] as two integers >= 1"
     if not isinstance(value, list | tuple) or len(value) != 2:
@@ -192,4 +267,5 @@ _COERCE: dict[str, Callable[[Any, str, str], Any]] = {
     "lipschitz": _lipschitz,
     "lipschitz_source": _string,
     "input_size": _input_size,
+    "accept_resize": _flag,
 }

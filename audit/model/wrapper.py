@@ -9,13 +9,15 @@ training flag, which it holds at ``eval()`` so BatchNorm statistics stay frozen.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.errors import EvaluationError, ModelError
+from audit.errors import EvaluationError, ModelError, SegAuditError
+from audit.model.failures import model_failure
 from audit.model.metadata import ModelMetadata
 
 # Keys that hold the logits in dict outputs: torchvision uses "out" (next to "aux"),
@@ -23,11 +25,67 @@ from audit.model.metadata import ModelMetadata
 _LOGIT_KEYS = ("out", "logits")
 
 
+@dataclass(frozen=True)
+class OutputResolution:
+    """The size of a model's logits for one input size, and how the wrapper resizes them."""
+
+    input_size: tuple[int, int]
+    output_size: tuple[int, int]
+
+    @property
+    def resized(self) -> bool:
+        return self.input_size != self.output_size
+
+    @property
+    def factor(self) -> int | None:
+        """``k`` when input = k x output on both sides (1: no resize), else ``None``."""
+        (big_h, big_w), (h, w) = self.input_size, self.output_size
+        if h < 1 or w < 1 or big_h % h or big_w % w or big_h // h != big_w // w:
+            return None
+        return big_h // h
+
+    def refusal(self) -> str | None:
+        """Why resizing these logits to the input would be a guess; ``None`` when it is an
+        upsampling by a whole factor, as a network of stride k predicts."""
+        (big_h, big_w), (h, w) = self.input_size, self.output_size
+        if h > big_h or w > big_w:
+            return (
+                "they are larger than the input, and shrinking them would decide by "
+                "interpolation which prediction each pixel gets"
+            )
+        if h * big_w != w * big_h:
+            return (
+                "their aspect ratio differs from the input's, so stretching them assumes a "
+                "mapping of the model's grid onto the image that nothing states"
+            )
+        if self.factor is None:
+            return (
+                "the input is not a whole multiple of them, so no stride maps the model's "
+                "grid onto the image's pixels"
+            )
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        """For the record: sizes as [H, W]; ``resize_factor`` is ``k``, or [H/h, W/w] for a
+        resize accepted through the metadata's ``accept_resize``."""
+        (big_h, big_w), (h, w) = self.input_size, self.output_size
+        factor: int | list[float] | None = self.factor
+        if factor is None and h > 0 and w > 0:
+            factor = [round(big_h / h, 4), round(big_w / w, 4)]
+        return {
+            "input_resolution": [big_h, big_w],
+            "output_resolution": [h, w],
+            "resize_factor": factor,
+        }
+
+
 class SegmentationWrapper(nn.Module):
     """Wrap ``model`` so that ``forward`` maps ``N x 3 x H x W`` in [0, 1] to ``N x K x H x W``.
 
-    ``resized_output`` becomes ``True`` once a call had to upsample the model's output to
-    the input size (models that predict at a fraction of the input resolution).
+    Logits smaller than the input by a whole factor k (input = k x output on both sides)
+    are upsampled bilinearly; any other size is refused with a :class:`ModelError` unless
+    the metadata sets ``accept_resize``.  ``output_resolution`` holds what the first call
+    saw, and ``resized_output`` becomes ``True`` once a call had to resize.
     """
 
     def __init__(
@@ -38,6 +96,7 @@ class SegmentationWrapper(nn.Module):
         self.metadata = metadata if metadata is not None else ModelMetadata()
         self.name = name
         self.resized_output = False
+        self.output_resolution: OutputResolution | None = None
         mean = self.metadata.mean if self.metadata.mean is not None else (0.0, 0.0, 0.0)
         std = self.metadata.std if self.metadata.std is not None else (1.0, 1.0, 1.0)
         self.normalises = self.metadata.mean is not None or self.metadata.std is not None
@@ -76,16 +135,49 @@ class SegmentationWrapper(nn.Module):
         x = images
         if self.normalises:
             x = (x - self.mean.to(x)) / self.std.to(x)
-        logits = self._select_logits(self.model(x))
+        try:
+            output = self.model(x)
+        except SegAuditError:
+            raise
+        except Exception as exc:
+            # torch's words for a model that cannot take this input (an export guard, a
+            # channel mismatch): a fact about the model, reported as one, with the fix.
+            raise model_failure(self.name, tuple(images.shape), exc) from exc
+        logits = self._select_logits(output)
         self._check_logits(logits, images)
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()
-        if logits.shape[-2:] != images.shape[-2:]:
+        in_h, in_w = images.shape[-2:]
+        out_h, out_w = logits.shape[-2:]
+        resolution = OutputResolution((int(in_h), int(in_w)), (int(out_h), int(out_w)))
+        if resolution.resized:
+            self._check_resize(resolution)
+        if self.output_resolution is None:
+            # After the check: the record shows only resizes that were made.
+            self.output_resolution = resolution
+        if resolution.resized:
             logits = F.interpolate(
                 logits, size=images.shape[-2:], mode="bilinear", align_corners=False
             )
             self.resized_output = True
         return logits
+
+    def _check_resize(self, resolution: OutputResolution) -> None:
+        # A silent stretch of a 7x3 output over a 128x256 image scores a model that cannot
+        # segment it at all; only a whole-factor upsampling is taken without being told.
+        reason = resolution.refusal()
+        if reason is None or self.metadata.accept_resize:
+            return
+        (big_h, big_w), (h, w) = resolution.input_size, resolution.output_size
+        raise ModelError(
+            f"model {self.name!r} returns {h}x{w} logits for a {big_h}x{big_w} input: "
+            f"{reason}. SegAudit resizes logits only by a whole factor (input = k x output "
+            "on both sides, k >= 1). If this model's output is meant to be resized to the "
+            "input, set accept_resize = true in its metadata (--audit-metadata FILE, "
+            "[tool.segaudit.metadata] in pyproject.toml, or the model's audit.json) and the "
+            "record will show the resize; if the data size is the problem, resize the data "
+            "(size=HxW in --audit-data) to a multiple of the model's stride"
+        )
 
     def _select_logits(self, output: Any, depth: int = 0) -> torch.Tensor:
         if isinstance(output, torch.Tensor):

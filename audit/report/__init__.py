@@ -35,6 +35,7 @@ from audit.report.format import (
     fmt_interval_method,
     fmt_number,
     fmt_percent,
+    fmt_resize,
     fmt_resolution,
     fmt_threshold,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "fmt_interval_method",
     "fmt_number",
     "fmt_percent",
+    "fmt_resize",
     "fmt_resolution",
     "fmt_threshold",
     "load_results",

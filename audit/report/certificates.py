@@ -40,7 +40,7 @@ from audit.report.attacks import (
 from audit.report.format import fmt_any, fmt_resolution
 from audit.threat import parse_epsilon
 
-#: viridis at five stops, as the engine renders the radius maps (audit.session._VIRIDIS)
+#: viridis at five stops, as the engine renders the radius maps (audit.evaluation_entries._VIRIDIS)
 VIRIDIS_STOPS = (
     (0.0, "#440154"),
     (0.25, "#3b528b"),

@@ -95,6 +95,34 @@ def fmt_resolution(value: Any) -> str:
     return fmt_any(value)
 
 
+def fmt_resize(input_size: Any, output_size: Any, factor: Any) -> str | None:
+    """``"32 × 64 logits upsampled ×4 (bilinear) to the 128 × 256 input"``; ``None`` when
+    the logits were not resized (or the sizes are unknown).  A per-side factor means the
+    resize was accepted through the model's ``accept_resize`` metadata."""
+    sizes = (input_size, output_size)
+    if not all(isinstance(v, list | tuple) and len(v) == 2 for v in sizes) or not all(
+        _is_number(n) for v in sizes for n in v
+    ):
+        return None
+    if list(input_size) == list(output_size):
+        return None
+    smaller = output_size[0] <= input_size[0] and output_size[1] <= input_size[1]
+    how = "upsampled" if smaller else "resized"
+    if _is_number(factor):
+        by = f"×{fmt_bound(factor)} (bilinear)"
+    elif isinstance(factor, list | tuple) and len(factor) == 2:
+        by = (
+            f"×{fmt_bound(factor[0])} × {fmt_bound(factor[1])} (bilinear, accepted by the "
+            "model's accept_resize metadata)"
+        )
+    else:
+        by = "(bilinear)"
+    return (
+        f"{output_size[0]} × {output_size[1]} logits {how} {by} to the "
+        f"{input_size[0]} × {input_size[1]} input"
+    )
+
+
 def fmt_duration(value: Any) -> str:
     if not _is_number(value):
         return _MISSING

@@ -21,7 +21,14 @@ from markupsafe import Markup
 from audit.errors import SegAuditError
 from audit.report.embed import embed_image
 from audit.report.format import fmt_any
-from audit.report.sections import _counts, _mapping, _run_errors, _status, sections
+from audit.report.sections import (
+    _counts,
+    _mapping,
+    _run_errors,
+    _status,
+    fmt_pickle_trust,
+    sections,
+)
 from audit.resources import templates_dir
 
 SCHEMA_VERSION = 1
@@ -90,6 +97,8 @@ def _plural(count: int, noun: str) -> str:
 def _incomplete_reasons(results: Mapping[str, Any]) -> list[str]:
     counts = _counts(results)
     reasons = []
+    if results.get("status") == "running":  # audit.results.RUNNING: never finished
+        reasons.append(_unfinished(_mapping(results.get("progress"))))
     if isinstance(results.get("reason"), str) and results["reason"]:
         reasons.append(results["reason"])
     if counts["not_run"]:
@@ -102,6 +111,22 @@ def _incomplete_reasons(results: Mapping[str, Any]) -> list[str]:
     if not isinstance(_mapping(results.get("evaluations")).get("clean"), Mapping):
         reasons.append("no clean evaluation was recorded")
     return reasons
+
+
+def _unfinished(progress: Mapping[str, Any]) -> str:
+    """Where a run that never finished was when it last wrote its record."""
+    text = "the process ended without finishing its record (killed, or still running)"
+    if progress.get("updated_at"):
+        text += f"; it was last written at {fmt_any(progress['updated_at'])}"
+    if progress.get("claim"):
+        text += f", while claim {fmt_any(progress['claim'])} was running"
+        evaluation = _mapping(progress.get("evaluation"))
+        if evaluation.get("samples_total"):
+            text += (
+                f" ({fmt_any(evaluation.get('samples_done'))} of "
+                f"{fmt_any(evaluation['samples_total'])} images of its current evaluation done)"
+            )
+    return text
 
 
 def _build_sections(results: Mapping[str, Any]) -> list[_RenderedSection]:
@@ -151,6 +176,7 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
     )
     complete = results.get("complete") is True
     badge, badge_css = _status(results)
+    trust = _mapping(provenance.get("trust_pickle"))
     return env.get_template("index.html.j2").render(
         # style.css ships with the package, so it is trusted markup.
         css=Markup(css),
@@ -162,6 +188,8 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
         model_name=fmt_any(model_name),
         dataset_spec=fmt_any(dataset.get("spec")),
         started_at=fmt_any(provenance.get("started_at")),
+        pickle_trust=fmt_pickle_trust(trust),
+        pickle_trusted=trust.get("enabled") is True,
         segaudit_version=fmt_any(_mapping(provenance.get("versions")).get("segaudit")),
         schema_version=SCHEMA_VERSION,
         embed_image=lambda path, alt="": embed_image(report_dir, path, alt),

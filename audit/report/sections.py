@@ -28,6 +28,7 @@ from audit.report.format import (
     fmt_interval_method,
     fmt_number,
     fmt_percent,
+    fmt_resize,
     fmt_resolution,
     fmt_threshold,
 )
@@ -53,6 +54,8 @@ _STATUS = {
     "failed": ("FAIL", "fail"),
     "error": ("ERROR", "error"),
     "incomplete": ("INCOMPLETE", "incomplete"),
+    # a record the run never finished: the process was killed, or is still running
+    "running": ("DID NOT FINISH", "incomplete"),
 }
 _VERDICTS = {
     "passed": ("PASS", "pass"),
@@ -76,6 +79,16 @@ _METRIC_LABELS = {
     "pixel_accuracy": "Pixel accuracy",
     "mean_class_accuracy": "Mean class accuracy",
 }
+
+
+def fmt_pickle_trust(value: Any) -> str:
+    """``off`` or ``ON (from <source>)``: whether the model file was allowed to run code."""
+    trust = _mapping(value)
+    if "enabled" not in trust:
+        return _MISSING
+    if trust["enabled"] is not True:
+        return "off (pickled code refused)"
+    return f"ON (from {fmt_any(trust.get('source'))}): the model file was allowed to run code"
 
 
 def _status(results: Mapping[str, Any]) -> tuple[str, str]:
@@ -170,6 +183,8 @@ def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
         "attention": attention,
         "suites": suites,
         "duration": fmt_duration(provenance.get("duration_s")),
+        # Shown on the cover: every score below was computed on resized logits.
+        "output_resize": _output_resize(_mapping(provenance.get("model"))),
     }
 
 
@@ -381,6 +396,29 @@ def _rows(pairs: Iterable[tuple[str, Any]]) -> list[dict[str, str]]:
     return [{"label": label, "value": value} for label, value in pairs]
 
 
+def _output_resize(model: Mapping[str, Any]) -> str | None:
+    return fmt_resize(
+        model.get("input_resolution"), model.get("output_resolution"), model.get("resize_factor")
+    )
+
+
+def _model_output_rows(model: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the model outputs and how it was resized; absent before the model first ran."""
+    rows = []
+    if "output_resolution" in model:
+        rows.append(("Output resolution", fmt_resolution(model.get("output_resolution"))))
+        rows.append(("Resize", _output_resize(model) or "none (logits at the input size)"))
+    replaced = _mapping(model.get("embedded_keys_replaced"))
+    if replaced:
+        rows.append(
+            (
+                "Ignored audit.json keys",
+                ", ".join(f"{k} (replaced by {v})" for k, v in replaced.items()),
+            )
+        )
+    return rows
+
+
 def build_provenance(results: Mapping[str, Any]) -> dict[str, Any]:
     provenance = _mapping(results.get("provenance"))
     model = _mapping(provenance.get("model"))
@@ -398,11 +436,13 @@ def build_provenance(results: Mapping[str, Any]) -> dict[str, Any]:
                     ("Path", fmt_any(model.get("path"))),
                     ("SHA-256", fmt_any(model.get("sha256"))),
                     ("Format", fmt_any(model.get("format"))),
+                    ("Pickle trust", fmt_pickle_trust(provenance.get("trust_pickle"))),
                 ]
                 + [
                     (f"metadata.{key}", fmt_any(value))
                     for key, value in _mapping(model.get("metadata")).items()
                 ]
+                + _model_output_rows(model)
             ),
         },
         {
