@@ -311,6 +311,60 @@ def test_a_huge_steps_is_a_collection_error_naming_the_ceiling(
     assert "Traceback" not in result.stdout.str()
     record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
     assert "ceiling" in record["errors"][0]["message"]
+    assert "ceiling of 10,000" in (pytester.path / "audit-report" / "index.html").read_text()
+
+
+def test_an_linf_eps_above_the_pixel_range_is_a_collection_error(
+    pytester: pytest.Pytester, run_audit, tiny_model: Path
+) -> None:
+    pytester.makefile(".toml", gate="[[claims]]\n" + PGD.replace('"4/255"', "5"))
+    result = run_audit("--audit", str(tiny_model), "--audit-suite", "gate.toml")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    result.stdout.fnmatch_lines(["*gate.toml, claim 'pgd', key 'eps': *"])
+    report = pytester.path / "audit-report"
+    record = json.loads((report / "results.json").read_text())
+    assert "key 'eps'" in record["errors"][0]["message"]
+    assert (report / "index.html").is_file()
+
+
+def test_an_l2_radius_beyond_the_image_diameter_is_a_claim_error(
+    pytester: pytest.Pytester, run_audit, tiny_model: Path
+) -> None:
+    # 32x64 images: the diameter of [0, 1]^(3*32*64) is sqrt(6144), about 78.38
+    too_far = PGD.replace('norm = "linf"', 'norm = "l2"').replace('"4/255"', "100")
+    pytester.makefile(".toml", gate=f"[[claims]]\n{too_far}[[claims]]\n{FAST}")
+    result = run_audit(
+        "--audit", str(tiny_model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    report = pytester.path / "audit-report"
+    record = json.loads((report / "results.json").read_text())
+    claims = {c["id"]: c for c in record["claims"]}
+    message = claims["pgd"]["message"]
+    assert claims["pgd"]["verdict"] == "error"
+    assert "L2 radius 100 exceeds the diameter of 32x64 images" in message and "78.38" in message
+    assert (report / "index.html").is_file()
+
+
+def test_the_claim_timeout_option_bounds_every_claim(
+    pytester: pytest.Pytester, run_audit, tiny_model: Path
+) -> None:
+    bounded = SLOW.replace('"slow"', '"bounded"').replace("timeout = 0.01\n", "")
+    pytester.makefile(".toml", gate=f"[[claims]]\n{bounded}")
+    result = run_audit(
+        "--audit",
+        str(tiny_model),
+        "--audit-suite",
+        "gate.toml",
+        "--audit-data",
+        TINY_DATA,
+        "--audit-claim-timeout",
+        "0.01",
+    )
+    result.assert_outcomes(failed=1)
+    record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
+    assert "the claim_timeout setting (0.01 s)" in record["claims"][0]["message"]
+    assert record["claims"][0]["evidence"]["partial"]["budget_s"] == 0.01
 
 
 SLOW = PGD.replace('id = "pgd"', 'id = "slow"') + "steps = 5000\ntimeout = 0.01\n"

@@ -35,6 +35,7 @@ from torch import nn
 
 from audit.errors import ConfigError, ModelError, SegAuditError
 from audit.model import load_model
+from conftest import TINY_DATA
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
@@ -633,3 +634,31 @@ def test_honest_checkpoint_with_optimizer_entries_loads(tmp_path: Path) -> None:
     assert loaded.format == "state_dict"
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(images()), model.eval()(images()))
+
+
+@pytest.mark.parametrize(
+    "surface",
+    [s for s in SURFACES if s.id in ("export-pickled-weight", "export-shape-expression")],
+    ids=lambda s: s.id,
+)
+def test_audit_of_a_crafted_archive_errors_runs_nothing_and_writes_the_report(
+    surface: Surface, pytester: pytest.Pytester, run_audit
+) -> None:
+    marker = pytester.path / "marker"
+    path = surface.build(pytester.path, marker)
+    pytester.makefile(
+        ".toml",
+        gate='[[claims]]\nid = "miou"\nkind = "clean"\nmetric = "miou"\nmin = 0.0\n',
+    )
+    result = run_audit(
+        "--audit", str(path), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines([f"*model file {path}*--audit-trust-pickle*"])
+    assert not marker.exists()
+    report = pytester.path / "audit-report"
+    record = json.loads((report / "results.json").read_text())
+    assert record["status"] == "error" and record["claims"][0]["verdict"] == "error"
+    assert path.name in record["claims"][0]["message"]
+    assert record["provenance"]["trust_pickle"] == {"enabled": False, "source": "default"}
+    assert (report / "index.html").is_file()
