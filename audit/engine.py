@@ -1,8 +1,9 @@
-"""The engine: owns device, batching, seeding, and a cache of computed evaluations.
+"""The engine: device, batches, forward passes, budgets, and the cache and log of evaluations.
 
-Claims never run the model themselves; they ask the engine, which computes each
-evaluation once per key (everything the result depends on) and hands the same result
-to every claim that needs it.  The engine knows nothing about pytest.
+Evaluations (:mod:`audit.evaluations`) run the model through the engine, which computes each
+one once per key (everything the result depends on), hands the same result to every claim
+that asks, and logs which claims used it, so the record reports it once per claim.  The
+engine knows nothing of claims, records or pytest.
 """
 
 from __future__ import annotations
@@ -14,17 +15,16 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import numpy as np
 import torch
 
 from audit import metrics
 from audit.budget import Budget
-from audit.errors import ClaimTimeout, ConfigError, EvaluationError, ThreatOutOfRange
+from audit.errors import ClaimTimeout, ConfigError, ThreatOutOfRange
+from audit.model import check_finite as check_finite_logits
+from audit.model import check_num_classes
 from audit.threat import ThreatModel, radius_beyond_image
 
 if TYPE_CHECKING:
-    from audit.adversarial import AttackEvaluation, MinNormEvaluation
-    from audit.claims.base import ClaimSpec
     from audit.data.base import SegmentationDataset
     from audit.model import LoadedModel
 
@@ -57,43 +57,20 @@ class Batch:
     indices: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class Example:
-    """One image kept for the report, as arrays ready to draw."""
+@dataclass
+class LoggedEvaluation:
+    """One computed evaluation and the claims that used it, in the order they asked."""
 
-    name: str
-    image: np.ndarray  # H x W x 3 uint8
-    mask: np.ndarray  # H x W int64 (ignore index kept)
-    prediction: np.ndarray  # H x W int64
-    pixel_accuracy: float
+    kind: str
+    key: str
+    result: Any
+    claims: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class CleanEvaluation:
-    """Predictions on unperturbed images, reduced to additive state."""
-
-    per_image: torch.Tensor  # N x K x K int64 confusion matrices
-    sample_names: tuple[str, ...]
-    resolutions: tuple[tuple[int, int], ...]
-    examples: tuple[Example, ...] = field(default=())
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.per_image.shape[0])
-
-    @property
-    def confusion(self) -> torch.Tensor:
-        return self.per_image.sum(0)
-
-    @property
-    def num_pixels(self) -> int:
-        return int(self.per_image.sum())
-
-    @property
-    def resolution(self) -> tuple[int, int] | None:
-        """The common input size, or ``None`` when images differ in size."""
-        sizes = set(self.resolutions)
-        return next(iter(sizes)) if len(sizes) == 1 else None
+def seed_for(base_seed: int, *parts: Any) -> int:
+    """A seed that depends only on the run's seed and what is computed, not on claim order."""
+    digest = hashlib.sha256(repr((base_seed, *parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -131,13 +108,10 @@ class Engine:
         self.attack_examples = min(attack_examples, examples)
         self.forward_passes = 0
         self._cache: dict[str, Any] = {}
-        #: successful adversarial evaluations by cache key, in the order they were computed
-        self.attack_evaluations: dict[str, AttackEvaluation] = {}
-        self.min_norm_evaluations: dict[str, MinNormEvaluation] = {}
-        #: certification results (audit.certification), for the report
-        self.certifications: dict[str, Any] = {}
-        #: certificate-soundness results (audit.soundness), for the report
-        self.soundness: dict[str, Any] = {}
+        #: evaluations asked for with ``log=True``, by cache key, in the order first computed
+        self.log: dict[str, LoggedEvaluation] = {}
+        #: node id of the claim being measured (:meth:`measuring`), for the log
+        self.claim: str | None = None
         self._classes_checked = False
         #: the running claim's wall-clock budget (:meth:`deadline`), checked cooperatively
         self.budget: Budget | None = None
@@ -174,21 +148,32 @@ class Engine:
             "torch": torch.__version__,
         }
 
+    def generator(self, *parts: Any) -> torch.Generator:
+        """A generator on the engine's device seeded from the run's seed and ``parts`` (what
+        is computed, and the batch): the same numbers whatever ran before."""
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed_for(self.seed, *parts))
+        return generator
+
     def is_cached(self, parts: Mapping[str, Any]) -> bool:
         """Whether ``parts`` has been computed (successfully or not) already."""
         return cache_key(parts) in self._cache
 
-    def cached(self, parts: Mapping[str, Any], compute: Callable[[], T]) -> T:
+    def cached(self, parts: Mapping[str, Any], compute: Callable[[], T], *, log: bool = False) -> T:
         """Compute once per key; a failure is cached too, so every claim reports it at once.
 
         A timeout is not: it says how long one claim was willing to wait, not what the
         evaluation gives, so a later claim with a larger budget (or none) computes it again.
+        With ``log``, the result goes into :attr:`log`, with the claim that asked for it,
+        on a cache hit as on a miss.
         """
         key = cache_key(parts)
         if key in self._cache:
             hit = self._cache[key]
             if isinstance(hit, BaseException):
                 raise hit
+            if log:
+                self._log(key, parts, hit)
             return hit
         budget = self.budget
         if budget is not None:
@@ -208,7 +193,34 @@ class Engine:
                 budget.leave(done=done)
         self._cache[key] = value
         self.timed_out.discard(key)
+        if log:
+            self._log(key, parts, value)
         return value
+
+    def store(self, parts: Mapping[str, Any], value: Any, *, log: bool = False) -> None:
+        """Cache (and log) a result computed alongside another (a sweep's shared pass)."""
+        key = cache_key(parts)
+        self._cache[key] = value
+        if log:
+            self._log(key, parts, value)
+
+    def _log(self, key: str, parts: Mapping[str, Any], value: Any) -> None:
+        entry = self.log.setdefault(key, LoggedEvaluation(str(parts["evaluation"]), key, value))
+        if self.claim is not None and self.claim not in entry.claims:
+            entry.claims.append(self.claim)
+
+    def logged(self, kind: str) -> list[LoggedEvaluation]:
+        """Logged evaluations of ``kind`` ("attack", "soundness", ...), oldest first."""
+        return [entry for entry in self.log.values() if entry.kind == kind]
+
+    @contextlib.contextmanager
+    def measuring(self, claim: str) -> Iterator[None]:
+        """Attribute the evaluations asked for inside the block to ``claim`` in the log."""
+        previous, self.claim = self.claim, claim
+        try:
+            yield
+        finally:
+            self.claim = previous
 
     # -- budgets and bounds -------------------------------------------------------------
     @contextlib.contextmanager
@@ -291,9 +303,6 @@ class Engine:
         ``check_finite=False`` leaves the finiteness check to the caller: it reads a value
         back from the device, and a caller in a hot loop batches that read with others.
         """
-        from audit.model import check_finite as check_finite_logits
-        from audit.model import check_num_classes
-
         self.forward_passes += 1
         logits = self.module(images)
         if not self._classes_checked:
@@ -334,133 +343,10 @@ class Engine:
 
         return model
 
-    # -- evaluations --------------------------------------------------------------------
-    def clean(self) -> CleanEvaluation:
-        """Clean predictions over the dataset slice, computed once."""
-        return self.cached(self.key_parts("clean"), self._compute_clean)
-
-    def _compute_clean(self) -> CleanEvaluation:
-        per_image: list[torch.Tensor] = []
-        names: list[str] = []
-        sizes: list[tuple[int, int]] = []
-        examples: list[Example] = []
-        with torch.inference_mode():
-            for batch in self.batches():
-                pred = self.forward(batch.images, batch.names).argmax(1)
-                cms = metrics.per_image_confusion(
-                    pred, batch.masks, self.num_classes, self.ignore_index
-                ).cpu()
-                per_image.append(cms)
-                names.extend(batch.names)
-                sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
-                for j in range(len(batch.names)):
-                    if len(examples) >= self.max_examples:
-                        break
-                    examples.append(_example(batch, j, pred[j], cms[j]))
-        if not per_image:
-            raise EvaluationError(f"dataset {self.dataset.kind!r} has no samples to evaluate")
-        return CleanEvaluation(torch.cat(per_image), tuple(names), tuple(sizes), tuple(examples))
-
-    def attack(
-        self,
-        name: str,
-        params: Mapping[str, Any],
-        threat: ThreatModel,
-        *,
-        sweep: Sequence[ThreatModel] = (),
-    ) -> AttackEvaluation:
-        """``name`` at ``threat`` over the dataset slice, computed once per key.
-
-        Attacks that share a sweep's work (the single-step family: one gradient serves every
-        epsilon) compute all of ``sweep`` that is not cached yet in the same pass.
-        """
-        from audit.adversarial import run_attack
-        from audit.attacks import build_attack
-
-        attack = build_attack(name, params)
-        # The attack's own parameters, defaults filled in: claims that spell the same attack
-        # differently (steps given or defaulted) share one computation.
-        canonical = {k: attack.params[k] for k in sorted(attack.params)}
-
-        def parts(t: ThreatModel) -> dict[str, Any]:
-            return self.key_parts(
-                "attack", attack=name, params=canonical, norm=t.norm, eps=t.eps.value
-            )
-
-        if not self.is_cached(parts(threat)) and attack.shares_grid:
-            todo = [threat] + [
-                t
-                for t in sweep
-                if t != threat and t.norm == threat.norm and not self.is_cached(parts(t))
-            ]
-            if len(todo) > 1:
-                try:
-                    results = run_attack(self, attack, name, todo)
-                except ThreatOutOfRange:
-                    # Another epsilon of the sweep is too large: this one runs alone below
-                    # (and is refused on its own if it is too large itself).
-                    pass
-                except ClaimTimeout:
-                    self.timed_out.add(cache_key(parts(threat)))
-                    raise
-                except Exception as exc:
-                    self._cache[cache_key(parts(threat))] = exc
-                    raise
-                else:
-                    for t, result in zip(todo, results, strict=True):
-                        self._store_attack(parts(t), result)
-        result = self.cached(parts(threat), lambda: run_attack(self, attack, name, [threat])[0])
-        self.attack_evaluations.setdefault(cache_key(parts(threat)), result)
-        return result
-
-    def _store_attack(self, parts: Mapping[str, Any], result: AttackEvaluation) -> None:
-        key = cache_key(parts)
-        self._cache[key] = result
-        self.attack_evaluations[key] = result
-
-    def noise(self, threat: ThreatModel) -> AttackEvaluation:
-        """Random noise of the same norm and size: the baseline an attack must beat."""
-        return self.attack("noise", {}, threat)
-
-    def min_norm(
-        self,
-        name: str,
-        params: Mapping[str, Any],
-        norm: str,
-        *,
-        radius_steps: int = 32,
-        adv_threshold: float = 0.99,
-    ) -> MinNormEvaluation:
-        """A minimal-norm attack's per-image and per-pixel radii, computed once per key."""
-        from audit.adversarial import run_min_norm
-        from audit.attacks import build_min_norm_attack
-
-        attack = build_min_norm_attack(name, params)
-        canonical = {k: attack.params[k] for k in sorted(attack.params)}
-        parts = self.key_parts(
-            "min_norm",
-            attack=name,
-            params=canonical,
-            norm=norm,
-            radius_steps=radius_steps,
-            adv_threshold=adv_threshold,
-        )
-        result = self.cached(
-            parts, lambda: run_min_norm(self, attack, name, norm, radius_steps, adv_threshold)
-        )
-        self.min_norm_evaluations.setdefault(cache_key(parts), result)
-        return result
-
-    def score(
-        self, per_image: torch.Tensor, metric: str, *, claim: ClaimSpec | None = None
-    ) -> tuple[float, metrics.Interval | None]:
-        """A dataset-level metric and its bootstrap interval from per-image confusion matrices."""
-        try:
-            fn = metrics.metric_function(metric, self.class_names)
-        except KeyError as exc:
-            where = f"{claim.source}, claim {claim.id!r}, key 'metric': " if claim else ""
-            raise ConfigError(f"{where}{exc.args[0]}") from None
-        return self.score_state(per_image, fn)
+    def score(self, per_image: torch.Tensor, metric: str) -> tuple[float, metrics.Interval | None]:
+        """A dataset-level metric and its bootstrap interval from per-image confusion
+        matrices; ``KeyError`` (with the known names) for a metric or class it lacks."""
+        return self.score_state(per_image, metrics.metric_function(metric, self.class_names))
 
     def score_state(
         self, per_image: torch.Tensor, fn: metrics.MetricFn
@@ -475,16 +361,3 @@ class Engine:
             seed=self.seed,
         )
         return value, interval
-
-
-def _example(batch: Batch, j: int, pred: torch.Tensor, cm: torch.Tensor) -> Example:
-    image = (batch.images[j].clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-    total = int(cm.sum())
-    accuracy = float(cm.diagonal().sum()) / total if total else float("nan")
-    return Example(
-        name=batch.names[j],
-        image=image,
-        mask=batch.masks[j].cpu().numpy(),
-        prediction=pred.cpu().numpy(),
-        pixel_accuracy=accuracy,
-    )

@@ -229,3 +229,10 @@ def bootstrap_interval(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return Interval(float(low), float(high), confidence, n_resamples)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """JSON has no NaN: a missing or undefined number is ``null``."""
+    if value is None or value != value or value in (float("inf"), float("-inf")):
+        return None
+    return float(value)

@@ -9,23 +9,26 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from audit.claims import ClaimSpec
+from audit.claims.base import ClaimFailed
 from audit.config import DEMO_MODEL, resolve_settings
 from audit.errors import ConfigError, SegAuditError
 from audit.interrupts import describe_interruption
-from audit.results import ensure_writable_dir
-from audit.session import AuditSession, ClaimFailed
-from audit.suite import Suite
+from audit.record.writer import ensure_writable_dir
+
+if TYPE_CHECKING:
+    from audit.claims import ClaimSpec
+    from audit.session import AuditSession
+    from audit.suite import Suite
 
 #: option destinations, importable by tests and other plugins
 OPT_MODEL = "segaudit_model"
 OPT_ONLY = "segaudit_only"
 
-_session_key = pytest.StashKey[AuditSession]()
+_session_key: pytest.StashKey[AuditSession] = pytest.StashKey()
 _RESULT_PROPERTY = "segaudit_result"
 
 
@@ -151,14 +154,17 @@ def _read_metadata_file(value: str | None, invocation_dir: Path) -> dict[str, An
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from audit.claims import known_kinds
-
     config.addinivalue_line("markers", "segaudit: a SegAudit claim (added to every claim item)")
-    for kind in known_kinds():
-        config.addinivalue_line("markers", f"segaudit_{kind}: a SegAudit claim of kind {kind!r}")
     model = config.getoption(OPT_MODEL)
     if model is None:
         return
+    # The audit's machinery (torch, the claim kinds, third-party entry points) loads only
+    # when an audit runs: installing the plugin must not slow down every other test run.
+    from audit.claims import known_kinds
+    from audit.session import AuditSession
+
+    for kind in known_kinds():
+        config.addinivalue_line("markers", f"segaudit_{kind}: a SegAudit claim of kind {kind!r}")
     opt = config.getoption
     invocation_dir = config.invocation_params.dir
     try:

@@ -9,25 +9,31 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import numpy as np
 
 from audit.budget import claim_budget
-from audit.claims import ClaimSpec, Verdict, get_kind, judge
+from audit.claims import ClaimFailed, ClaimSpec, get_kind, judge
 from audit.config import Settings
+from audit.data import open_dataset
+from audit.engine import Engine, resolve_device
 from audit.errors import ClaimTimeout, ModelError, SegAuditError
-from audit.evaluation_entries import certification_entry, min_norm_entry
 from audit.interrupts import SigtermAsInterrupt, Terminated, describe_interruption, signal_name
-from audit.results import RunRecorder, finite_or_none, now_iso
+from audit.metrics import finite_or_none
+from audit.model import ModelMetadata, load_model
+from audit.record.entries import summarise
+from audit.record.writer import RunRecorder, now_iso
+from audit.report import render_report
+from audit.resources import demo_model_file
 from audit.suite import Suite, load_suite, override_thresholds
-
-if TYPE_CHECKING:
-    from audit.engine import Engine
 
 #: how often a long evaluation rewrites the partial record (seconds)
 PROGRESS_WRITE_INTERVAL_S = 5.0
@@ -51,14 +57,6 @@ def pickle_trust(settings: Settings) -> dict[str, Any]:
     if source is None:
         source = "Settings (Python API)" if settings.trust_pickle else "default"
     return {"enabled": settings.trust_pickle, "source": source}
-
-
-class ClaimFailed(AssertionError):
-    """A claim was measured and does not hold."""
-
-    def __init__(self, verdict: Verdict, statement: str) -> None:
-        super().__init__(f"{verdict.summary}\nclaimed: {statement}")
-        self.verdict = verdict
 
 
 class AuditSession:
@@ -140,11 +138,6 @@ class AuditSession:
         return self._engine is not None
 
     def _build_engine(self) -> Engine:
-        from audit.data import open_dataset
-        from audit.engine import Engine, resolve_device
-        from audit.model import ModelMetadata, load_model
-        from audit.resources import demo_model_file
-
         s = self.settings
         model_path = demo_model_file() if s.uses_demo_model else Path(s.model)
         # The user's metadata (suite [model] tables, then settings) goes in with the model,
@@ -224,8 +217,10 @@ class AuditSession:
         start = time.perf_counter()
         try:
             engine = self.engine
-            with engine.deadline(*claim_budget(spec, self.settings)):
-                measurement = get_kind(spec.kind).measure(spec, engine)
+            kind = get_kind(spec.kind)
+            kind.check_classes(spec, engine.class_names)
+            with engine.measuring(spec.nodeid), engine.deadline(*claim_budget(spec, self.settings)):
+                measurement = kind.measure(spec, engine)
         except KeyboardInterrupt as exc:
             self._record_interrupted(spec, start, signal_name(exc))
             raise
@@ -279,10 +274,6 @@ class AuditSession:
     def _save_artifacts(self, spec: ClaimSpec, artifacts: Any) -> dict[str, str]:
         """Save a claim's arrays under ``<report>/evidence/<claim>/``; paths relative to the
         report folder, so the report links them and the folder moves as a whole."""
-        import re
-
-        import numpy as np
-
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.nodeid).strip("-")
         folder = self.settings.report_dir / "evidence" / slug
         folder.mkdir(parents=True, exist_ok=True)
@@ -301,8 +292,6 @@ class AuditSession:
         first batch, a full disk for example images); each failure becomes an error in the
         record and the rest of the record and the report are still written.
         """
-        from audit.report import render_report
-
         report_dir = self.settings.report_dir
         if interrupted_by is not None:
             self.recorder.interrupted_by = interrupted_by
@@ -311,214 +300,13 @@ class AuditSession:
             # does one whose claims ran out of time (the report would redo that work with
             # no budget at all).
             compute = complete and not self.engine.timed_out
-            steps: tuple[tuple[str, Callable[[], None]], ...] = (
-                ("model output", self._record_model_output),
-                ("clean evaluation", lambda: self._record_clean_evaluation(report_dir, compute)),
-                ("attack evaluations", lambda: self._record_attacks(report_dir, compute)),
-                ("certificates", lambda: self._record_certifications(report_dir)),
-            )
-            for what, step in steps:
-                try:
-                    step()
-                except Exception as exc:
-                    self.recorder.record_error(
-                        f"report: {what}", f"could not be summarised: {type(exc).__name__}: {exc}"
-                    )
+            summarise(self.recorder, self.engine, report_dir, compute=compute)
         self.recorder.progress.pop("evaluation", None)
         self.recorder.finished = True
         self.recorder.provenance["finished_at"] = now_iso()
         results = self.recorder.write(report_dir, complete=complete)
         render_report(report_dir)
         return results
-
-    def _record_model_output(self) -> None:
-        """The model's output resolution and the wrapper's resize factor, known only once
-        the model has run (a refused resize is in the errors instead)."""
-        resolution = self.engine.module.output_resolution
-        if resolution is not None:
-            self.recorder.provenance.setdefault("model", {}).update(resolution.to_dict())
-
-    def _record_clean_evaluation(self, report_dir: Path, compute: bool) -> None:
-        """Add the clean evaluation (per-class table, examples) to the record for the report."""
-        from audit import metrics
-        from audit.examples import write_examples
-
-        engine = self.engine
-        if not compute and not engine.is_cached(engine.key_parts("clean")):
-            return
-        try:
-            clean = engine.clean()
-        except SegAuditError:
-            return  # already recorded by the claims that needed it
-        cm = clean.confusion
-        ious = metrics.class_iou(cm)
-        accs = metrics.class_accuracy(cm)
-        headline = {}
-        intervals = {}
-        for name in metrics.HEADLINE_METRICS:
-            value, interval = engine.score(clean.per_image, name)
-            headline[name] = finite_or_none(value)
-            intervals[name] = interval.to_dict() if interval else None
-        palette = engine.dataset.palette
-        examples = write_examples(
-            report_dir,
-            clean.examples,
-            palette=palette,
-            ignore_index=engine.ignore_index,
-        )
-        for entry in examples:
-            entry["pixel_accuracy"] = finite_or_none(entry["pixel_accuracy"])
-        self.recorder.evaluations["clean"] = {
-            "num_samples": clean.num_samples,
-            "num_pixels": clean.num_pixels,
-            "resolution": list(clean.resolution) if clean.resolution else None,
-            "metrics": headline,
-            "intervals": intervals,
-            "aggregation": "dataset-level: one confusion matrix summed over all images",
-            "per_class": [
-                {
-                    "name": name,
-                    "iou": finite_or_none(float(ious[k])),
-                    "accuracy": finite_or_none(float(accs[k])),
-                    "support": int(cm[k].sum()),
-                    "color": list(palette[k]),
-                }
-                for k, name in enumerate(engine.class_names)
-            ],
-            "confusion_matrix": cm.tolist(),
-            "examples": examples,
-        }
-        self.recorder.provenance.setdefault("dataset", {})["resolution"] = (
-            list(clean.resolution) if clean.resolution else None
-        )
-
-    def _record_attacks(self, report_dir: Path, compute: bool) -> None:
-        """Summaries of every attack and minimal-norm evaluation, their worst examples, and
-        the gradient-masking diagnostics computed from them."""
-        from audit.diagnostics import attack_diagnostics
-
-        engine = self.engine
-        evaluations = list(engine.attack_evaluations.values())
-        known = set(engine.attack_evaluations)
-        if not any(e.family != "random" for e in evaluations) and not engine.min_norm_evaluations:
-            return
-        clean_miou = None
-        if engine.is_cached(engine.key_parts("clean")) or compute:
-            with contextlib.suppress(SegAuditError):
-                clean_miou = engine.score(engine.clean().per_image, "miou")[0]
-        entries = [
-            self._attack_entry(e, report_dir, clean_miou, compute=compute) for e in evaluations
-        ]
-        # The noise baselines computed for those entries join the list (the report draws
-        # them as the dashed reference curve).
-        entries += [
-            self._attack_entry(e, report_dir, clean_miou, compute=False)
-            for key, e in list(engine.attack_evaluations.items())
-            if key not in known
-        ]
-        self.recorder.evaluations["attacks"] = entries
-        self.recorder.diagnostics = attack_diagnostics(entries)
-        if engine.min_norm_evaluations:
-            self.recorder.evaluations["min_norm"] = [
-                min_norm_entry(e) for e in engine.min_norm_evaluations.values()
-            ]
-
-    def _attack_entry(
-        self, ev: Any, report_dir: Path, clean_miou: float | None, *, compute: bool
-    ) -> dict[str, Any]:
-        from audit.examples import write_adversarial_examples
-
-        engine = self.engine
-        scores = {
-            name: finite_or_none(engine.score(ev.per_image, name)[0])
-            for name in ("miou", "pixel_accuracy", "mean_class_accuracy")
-        }
-        noise = None
-        noise_parts = engine.key_parts(
-            "attack", attack="noise", params={}, norm=ev.threat.norm, eps=ev.threat.eps.value
-        )
-        if compute or engine.is_cached(noise_parts):
-            with contextlib.suppress(SegAuditError):
-                baseline = engine.noise(ev.threat)
-                noise = {
-                    "miou": finite_or_none(engine.score(baseline.per_image, "miou")[0]),
-                    "success_rate": finite_or_none(baseline.success_rate),
-                }
-        ratio = None
-        if clean_miou and scores["miou"] is not None:
-            ratio = scores["miou"] / clean_miou
-        return {
-            "id": ev.id,
-            "attack": ev.attack,
-            "library": ev.library,
-            "family": ev.family,
-            "params": ev.params,
-            **ev.threat.to_dict(),
-            "resolution": list(ev.resolution) if ev.resolution else None,
-            "num_samples": ev.num_samples,
-            "metrics": scores,
-            "clean_miou": finite_or_none(clean_miou),
-            "iou_ratio": finite_or_none(ratio),
-            "success_rate": finite_or_none(ev.success_rate),
-            "noise": noise,
-            "perturbation": {
-                "linf_max": float(ev.linf.max()),
-                "l2_mean": float(ev.l2.mean()),
-                "l2_max": float(ev.l2.max()),
-            },
-            "gradients": ev.gradients.to_dict(),
-            "forward_passes": ev.forward_passes,
-            "backward_passes": ev.backward_passes,
-            "shared_by": ev.shared_by,
-            "seconds": round(ev.seconds, 4),
-            "examples": write_adversarial_examples(
-                report_dir,
-                ev.id,
-                ev.examples,
-                palette=engine.dataset.palette,
-                ignore_index=engine.ignore_index,
-            ),
-        }
-
-    def _record_certifications(self, report_dir: Path) -> None:
-        """Certification curves, radius heat maps and soundness checks, for the report."""
-        engine = self.engine
-        if not engine.certifications and not engine.soundness:
-            return
-        entries = [
-            certification_entry(c, report_dir, engine) for c in engine.certifications.values()
-        ]
-        self.recorder.evaluations["certificates"] = entries
-        soundness = []
-        for nodeid, result in engine.soundness.items():
-            claim = self.recorder.claims.get(nodeid, {})
-            files = (claim.get("evidence") or {}).get("files", {})
-            counterexample = dict(result.counterexample) if result.counterexample else None
-            if counterexample is not None:
-                counterexample["files"] = {
-                    k: v for k, v in files.items() if k in ("input", "perturbation")
-                }
-            falsified = None
-            if result.falsified is not None:
-                falsified = {
-                    "lower_bound": result.falsified.value,
-                    "method": result.falsified.method,
-                    "files": {k: v for k, v in files.items() if k.startswith("falsifying")},
-                }
-            soundness.append(
-                {
-                    "claim": nodeid,
-                    "eps": result.eps,
-                    "violations": result.violations,
-                    "lipschitz": result.lipschitz.to_dict(),
-                    "checks": [c.to_dict() for c in result.checks],
-                    "counterexample": counterexample,
-                    "falsified": falsified,
-                    "num_samples": result.num_samples,
-                    "seconds": round(result.seconds, 3),
-                }
-            )
-        self.recorder.evaluations["soundness"] = soundness
 
 
 def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dict[str, Any]:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from audit import metrics
 from audit.data.base import Sample, SegmentationDataset
 from audit.engine import Engine, resolve_device
+from audit.evaluations import evaluate_attack
 from audit.model.loading import LoadedModel
 from audit.model.metadata import ModelMetadata
 from audit.model.wrapper import SegmentationWrapper
@@ -106,7 +107,7 @@ def batches(data: InMemory, batch_size: int, device: torch.device):
 
 def run_harness(loaded, data, args, device, threat) -> tuple[float, int, int]:
     engine = Engine(loaded, data, device=device, batch_size=args.batch_size, seed=0)
-    result = engine.attack("pgd", {"steps": args.steps}, threat)
+    result = evaluate_attack(engine, "pgd", {"steps": args.steps}, threat)
     return (
         float(metrics.miou(result.per_image.sum(0))),
         result.forward_passes,

@@ -28,11 +28,12 @@ from typing import Any
 
 import torch
 
-from audit.certification import KAPPA, certify_lipschitz
 from audit.certify import joint, margins
 from audit.certify.smoothing import SmoothingConfig, smoothing_certify
 from audit.data.synthetic import SyntheticStreetScenes
 from audit.engine import Engine, resolve_device
+from audit.evaluations.certified import certify_lipschitz
+from audit.evaluations.lipschitz import KAPPA
 from audit.model import load_model
 from audit.resources import demo_model_file
 

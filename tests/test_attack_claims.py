@@ -13,6 +13,7 @@ from audit.config import Settings
 from audit.data.synthetic import SyntheticStreetScenes
 from audit.engine import Engine
 from audit.errors import ConfigError
+from audit.evaluations import evaluate_attack, evaluate_noise
 from audit.model import load_model
 from audit.model.fingerprint import fingerprint_module
 from audit.session import AuditSession
@@ -120,11 +121,11 @@ def linf(text: str) -> ThreatModel:
 
 def test_one_gradient_serves_the_whole_single_step_grid(engine: Engine) -> None:
     grid = [linf(e) for e in ARNAB_GRID]
-    first = engine.attack("fgsm", {}, grid[3], sweep=grid)
+    first = evaluate_attack(engine, "fgsm", {}, grid[3], sweep=grid)
     assert first.backward_passes == 2  # one per batch, for all eight epsilons
     assert first.shared_by == 8
     passes = engine.forward_passes
-    later = [engine.attack("fgsm", {}, t, sweep=grid) for t in grid]
+    later = [evaluate_attack(engine, "fgsm", {}, t, sweep=grid) for t in grid]
     assert engine.forward_passes == passes  # every epsilon was already there
     assert later[3] is first
     mious = [engine.score(e.per_image, "miou")[0] for e in later]
@@ -136,12 +137,12 @@ def test_one_gradient_serves_the_whole_single_step_grid(engine: Engine) -> None:
 def test_claims_on_the_same_attack_run_it_once_whatever_their_spelling(engine: Engine) -> None:
     threat = linf("2/255")
     before = engine.forward_passes
-    a = engine.attack("pgd", {"steps": 3}, threat)
+    a = evaluate_attack(engine, "pgd", {"steps": 3}, threat)
     after_first = engine.forward_passes
     # two batches: per batch 1 clean forward, 3 attack steps, 1 adversarial forward
     assert after_first - before == 2 * (1 + 3 + 1)
     assert a.backward_passes == 2 * 3
-    b = engine.attack("pgd", {"steps": 3, "restarts": 1, "random_start": True}, threat)
+    b = evaluate_attack(engine, "pgd", {"steps": 3, "restarts": 1, "random_start": True}, threat)
     assert b is a
     assert engine.forward_passes == after_first
 
@@ -149,22 +150,22 @@ def test_claims_on_the_same_attack_run_it_once_whatever_their_spelling(engine: E
 def test_attacks_are_deterministic_for_a_seed_and_differ_across_seeds(engine: Engine) -> None:
     def run(seed: int) -> torch.Tensor:
         fresh = Engine(engine.model, engine.dataset, batch_size=2, seed=seed)
-        return fresh.attack("pgd", {"steps": 2}, linf("8/255")).per_image
+        return evaluate_attack(fresh, "pgd", {"steps": 2}, linf("8/255")).per_image
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
 
 
 def test_noise_baseline_spends_the_budget(engine: Engine) -> None:
-    noise = engine.noise(linf("4/255"))
+    noise = evaluate_noise(engine, linf("4/255"))
     assert torch.allclose(noise.linf, torch.full_like(noise.linf, 4 / 255), atol=1e-6)
-    l2 = engine.noise(ThreatModel("l2", parse_epsilon(0.5)))
+    l2 = evaluate_noise(engine, ThreatModel("l2", parse_epsilon(0.5)))
     # clipping into [0, 1] at saturated pixels can only shorten it
     assert bool((l2.l2 <= 0.5 + 1e-5).all()) and bool((l2.l2 >= 0.45).all())
 
 
 def test_worst_examples_are_the_lowest_accuracy_images(engine: Engine) -> None:
-    evaluation = engine.attack("pgd", {"steps": 2}, linf("16/255"))
+    evaluation = evaluate_attack(engine, "pgd", {"steps": 2}, linf("16/255"))
     cms = evaluation.per_image
     accuracy = cms.diagonal(dim1=1, dim2=2).sum(1) / cms.flatten(1).sum(1)
     kept = [e.pixel_accuracy_adv for e in evaluation.examples]
@@ -400,8 +401,8 @@ min = 0.0
     ],
 )
 def test_the_model_guard_catches_every_kind_of_tampering(tamper) -> None:
-    from audit.adversarial import ModelGuard
     from audit.errors import EvaluationError
+    from audit.evaluations.guard import ModelGuard
 
     module = BNNet().eval()
     guard = ModelGuard(module)
@@ -414,7 +415,7 @@ def test_the_model_guard_catches_every_kind_of_tampering(tamper) -> None:
 def test_guard_digests_do_not_depend_on_chunking_and_see_one_ulp(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import audit.adversarial as adversarial
+    import audit.evaluations.guard as adversarial
 
     tensors = [torch.rand(5), torch.rand(3, 3).half(), torch.arange(7), torch.empty(0)]
     tensors.append(torch.rand(100))

@@ -1,4 +1,4 @@
-"""Provable Lipschitz upper bounds (audit.certify.bounds) and the falsification search
+"""Provable Lipschitz upper bounds (audit.certify.lipschitz) and the falsification search
 (audit.certify.falsify).
 
 Every bound is checked against the truth on small instances: for linear layers the exact
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.certify.bounds import LipschitzBound, UnsupportedLayer, lipschitz_bound
 from audit.certify.falsify import LowerBound, lipschitz_lower_bound
+from audit.certify.lipschitz import LipschitzBound, UnsupportedLayer, lipschitz_bound
 from audit.errors import EvaluationError
 from audit.model import ModelMetadata, SegmentationWrapper, load_model
 from audit.nets.lipschitz import MaxMin

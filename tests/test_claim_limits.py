@@ -20,6 +20,7 @@ from audit.config import Settings, settings_from_mapping
 from audit.data.synthetic import SyntheticStreetScenes
 from audit.engine import Engine
 from audit.errors import ClaimTimeout, ConfigError, ThreatOutOfRange
+from audit.evaluations import evaluate_attack
 from audit.limits import CEILINGS, PARAM_CEILINGS
 from audit.model import load_model
 from audit.suite import load_suite, parse_suite
@@ -182,7 +183,7 @@ def l2(eps: float) -> ThreatModel:
 
 def test_an_l2_radius_beyond_the_images_is_a_run_time_error_naming_it(engine: Engine) -> None:
     with pytest.raises(ThreatOutOfRange, match=r"L2 radius 1000 .* 32x64 .* = 78\.38"):
-        engine.attack("pgd", {"steps": 1}, l2(1000))
+        evaluate_attack(engine, "pgd", {"steps": 1}, l2(1000))
     with pytest.raises(ThreatOutOfRange, match=r"78\.38"):
         engine.check_radius(l2(1000))  # before any pass: the first sample's size
 
@@ -195,9 +196,9 @@ def test_a_sweep_sibling_beyond_the_images_does_not_poison_the_others(
     # noise made grid-sharing, so one computation serves the sweep (as adv-lib's L2 does)
     monkeypatch.setattr(RandomNoise, "shares_grid", True)
     sweep = [l2(0.5), l2(1000)]
-    assert engine.attack("noise", {}, sweep[0], sweep=sweep).num_samples == 4
+    assert evaluate_attack(engine, "noise", {}, sweep[0], sweep=sweep).num_samples == 4
     with pytest.raises(ThreatOutOfRange):
-        engine.attack("noise", {}, sweep[1], sweep=sweep)
+        evaluate_attack(engine, "noise", {}, sweep[1], sweep=sweep)
 
 
 # -- B. time budgets -----------------------------------------------------------------------
@@ -207,14 +208,14 @@ def test_a_spent_budget_stops_the_attack_with_its_progress_and_is_not_cached(
     threat = ThreatModel("linf", parse_epsilon("4/255"))
     params = {"steps": 5}
     with engine.deadline(1e-9, "test"), pytest.raises(ClaimTimeout) as info:
-        engine.attack("pgd", params, threat)
+        evaluate_attack(engine, "pgd", params, threat)
     progress = info.value.progress
     assert progress["evaluation"] == "attack" and progress["params"]["attack"] == "pgd"
     assert progress["images_total"] == 4 and progress["budget_s"] == 1e-9
     assert "budget 1e-09 s (test)" in str(info.value)
     json.dumps(progress)  # goes into results.json as it is
     # without a budget the same evaluation computes, rather than re-raising the timeout
-    assert engine.attack("pgd", params, threat).num_samples == 4
+    assert evaluate_attack(engine, "pgd", params, threat).num_samples == 4
     assert engine.budget is None
 
 
@@ -232,7 +233,7 @@ def test_progress_counts_steps_images_and_completed_evaluations(
     monkeypatch.setattr(engine, "attack_step", step)
     with engine.deadline(60, "test"), pytest.raises(ClaimTimeout) as info:
         engine.cached(engine.key_parts("warm-up"), lambda: 1)
-        engine.attack("segpgd", {"steps": 7}, threat)
+        evaluate_attack(engine, "segpgd", {"steps": 7}, threat)
     progress = info.value.progress
     assert (progress["step"], progress["steps"]) == (3, 7)
     assert progress["images_done"] == 0 and progress["completed"] == ["warm-up"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from audit.diagnostics import CHECKS, attack_diagnostics
+from audit.record.diagnostics import CHECKS, attack_diagnostics
 
 
 def entry(attack: str, eps: float, miou: float, **extra: Any) -> dict[str, Any]:

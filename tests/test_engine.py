@@ -11,6 +11,7 @@ from torch import nn
 from audit.data import open_dataset
 from audit.engine import Engine, cache_key, resolve_device
 from audit.errors import ConfigError, EvaluationError
+from audit.evaluations import evaluate_clean
 from audit.model import fingerprint_module, load_model
 from conftest import ColourNet, save_torchscript
 
@@ -48,7 +49,7 @@ def test_audit_leaves_parameters_buffers_and_flags_unchanged(
     inner.train()  # a user's model left in train mode must not learn batch statistics
     inner.conv.weight.requires_grad_(False)
     before = fingerprint_module(inner, include_grads=True)
-    engine.clean()
+    evaluate_clean(engine)
     after = fingerprint_module(inner, include_grads=True)
     # Only the documented change: the audit evaluates in eval mode.
     changed = {k for k in before if before[k] != after[k]}
@@ -59,9 +60,9 @@ def test_audit_leaves_parameters_buffers_and_flags_unchanged(
 
 def test_clean_evaluation_is_cached_and_counts_forward_passes(tiny_model: Path) -> None:
     engine = Engine(load_model(tiny_model), open_dataset("synthetic?n=5&size=32x64"), batch_size=2)
-    first = engine.clean()
+    first = evaluate_clean(engine)
     assert engine.forward_passes == 3  # 2 + 2 + 1 images
-    assert engine.clean() is first
+    assert evaluate_clean(engine) is first
     assert engine.forward_passes == 3
     assert first.num_samples == 5 and first.per_image.shape == (5, 8, 8)
     assert first.resolution == (32, 64)
@@ -70,8 +71,8 @@ def test_clean_evaluation_is_cached_and_counts_forward_passes(tiny_model: Path) 
 
 def test_limit_and_determinism(tiny_model: Path) -> None:
     data = "synthetic?n=6&size=32x64"
-    a = Engine(load_model(tiny_model), open_dataset(data), limit=3).clean()
-    b = Engine(load_model(tiny_model), open_dataset(data), limit=3, batch_size=1).clean()
+    a = evaluate_clean(Engine(load_model(tiny_model), open_dataset(data), limit=3))
+    b = evaluate_clean(Engine(load_model(tiny_model), open_dataset(data), limit=3, batch_size=1))
     assert a.num_samples == 3
     assert torch.equal(a.per_image, b.per_image)
     assert a.sample_names == b.sample_names
@@ -79,11 +80,11 @@ def test_limit_and_determinism(tiny_model: Path) -> None:
 
 def test_score_interval_and_unknown_class(tiny_model: Path) -> None:
     engine = Engine(load_model(tiny_model), open_dataset("synthetic?n=4&size=32x64"))
-    clean = engine.clean()
+    clean = evaluate_clean(engine)
     value, interval = engine.score(clean.per_image, "miou")
     assert 0.0 <= value <= 1.0 and interval is not None
     assert interval.low <= value <= interval.high
-    with pytest.raises(ConfigError, match="unknown class 'bus'"):
+    with pytest.raises(KeyError, match="unknown class 'bus'"):
         engine.score(clean.per_image, "class_iou:bus")
 
 
@@ -110,7 +111,7 @@ def test_batches_split_where_image_size_changes(tiny_model: Path) -> None:
     engine = Engine(load_model(tiny_model), MixedSizes(), batch_size=8)  # type: ignore[arg-type]
     shapes = [tuple(b.images.shape) for b in engine.batches()]
     assert shapes == [(2, 3, 32, 64), (2, 3, 48, 64)]
-    assert engine.clean().resolution is None
+    assert evaluate_clean(engine).resolution is None
 
 
 def test_failures_are_cached_and_raised_for_every_claim(tmp_path: Path) -> None:
@@ -121,10 +122,10 @@ def test_failures_are_cached_and_raised_for_every_claim(tmp_path: Path) -> None:
     model = save_torchscript(Boom(), tmp_path / "boom.pt")
     engine = Engine(load_model(model), open_dataset("synthetic?n=2&size=32x64"))
     with pytest.raises(EvaluationError, match="synthetic-000000"):
-        engine.clean()
+        evaluate_clean(engine)
     passes = engine.forward_passes
     with pytest.raises(EvaluationError):
-        engine.clean()
+        evaluate_clean(engine)
     assert engine.forward_passes == passes
 
 

@@ -254,7 +254,9 @@ def test_audit_only_skips_test_files_and_users_tests_run_otherwise(
 ) -> None:
     pytester.makefile(".toml", gate=PASS_AND_FAIL)
     pytester.makepyfile(
-        "def test_uses_engine(audit_engine):\n    assert audit_engine.clean().num_samples == 4\n"
+        "from audit.evaluations import evaluate_clean\n\n\n"
+        "def test_uses_engine(audit_engine):\n"
+        "    assert evaluate_clean(audit_engine).num_samples == 4\n"
     )
     common = [
         *audit_args(tiny_model),
@@ -269,6 +271,7 @@ def test_new_claim_kind_is_a_module_not_a_plugin_edit(
     pytester.makeconftest(
         """
         from audit.claims import ClaimKind, Measurement, register
+        from audit.evaluations import evaluate_clean
 
         @register
         class ImageCount(ClaimKind):
@@ -279,7 +282,7 @@ def test_new_claim_kind_is_a_module_not_a_plugin_edit(
                 return {}
             @classmethod
             def measure(cls, spec, engine):
-                n = engine.clean().num_samples
+                n = evaluate_clean(engine).num_samples
                 return Measurement(value=n, quantity="image count", condition="in the data",
                                    num_samples=n)
         """

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from audit.config import Settings
-from audit.results import RunRecorder, finite_or_none, write_json_atomic
+from audit.metrics import finite_or_none
+from audit.record.writer import RunRecorder, write_json_atomic
 from audit.session import run_audit
 from conftest import TINY_DATA
 

@@ -18,7 +18,7 @@ from torch import nn
 from audit.config import Settings
 from audit.errors import ModelError, SegAuditError
 from audit.model.failures import model_failure
-from audit.results import ensure_writable_dir
+from audit.record.writer import ensure_writable_dir
 from audit.session import run_audit as run_audit_api
 from conftest import TINY_DATA
 

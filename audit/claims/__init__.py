@@ -11,9 +11,19 @@ import importlib
 import pkgutil
 from importlib.metadata import entry_points
 
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Threshold, Verdict, Where, judge
+from audit.claims.base import (
+    ClaimFailed,
+    ClaimKind,
+    ClaimSpec,
+    Measurement,
+    Threshold,
+    Verdict,
+    Where,
+    judge,
+)
 
 __all__ = [
+    "ClaimFailed",
     "ClaimKind",
     "ClaimSpec",
     "Measurement",

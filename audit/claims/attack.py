@@ -11,14 +11,19 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from audit.attacks import COMMON_PARAMS, NATIVE_SPECS, check_name, library_of
+import torch
+
+from audit import metrics
+from audit.attacks import COMMON_PARAMS, NATIVE_SPECS, build_attack, check_name, library_of
 from audit.claims import register
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
+from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, score_metric
 from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
+from audit.evaluations.attack import evaluate_attack
+from audit.evaluations.clean import evaluate_clean
+from audit.metrics import finite_or_none
 from audit.threat import Epsilon, ThreatModel, epsilon_problem, parse_epsilon, parse_norm
 
 if TYPE_CHECKING:
-    from audit.adversarial import AttackEvaluation
     from audit.engine import Engine
 
 METRICS = ("miou", "pixel_accuracy", "mean_class_accuracy", "iou_ratio", "attack_success_rate")
@@ -133,14 +138,14 @@ def sweep_of(params: Mapping[str, Any]) -> list[ThreatModel]:
     return [ThreatModel(params["norm"], parse_epsilon(text)) for text in params["_sweep"]]
 
 
-def run_claimed_attack(spec: ClaimSpec, engine: Engine, threat: ThreatModel) -> AttackEvaluation:
-    """The engine's evaluation for this claim; a parameter the attack rejects names the key."""
+def check_attack_params(spec: ClaimSpec) -> None:
+    """Build the claim's attack once, before any work: a parameter it does not take is an
+    error naming the key (a ``TypeError`` during the run is a bug, and reported as one)."""
     p = spec.params
     try:
-        return engine.attack(p["attack"], p["attack_params"], threat, sweep=sweep_of(p))
+        build_attack(p["attack"], p["attack_params"])
     except TypeError as exc:
-        where = Where(source=spec.source, claim=spec.id)
-        raise where.error(str(exc), key="params") from None
+        raise Where(source=spec.source, claim=spec.id).error(str(exc), key="params") from None
 
 
 @register
@@ -192,27 +197,23 @@ class AttackClaim(ClaimKind):
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
-        from audit import metrics
-        from audit.results import finite_or_none
-
         p = spec.params
         metric = p["metric"]
         threat = threat_of(p)
-        evaluation = run_claimed_attack(spec, engine, threat)
+        check_attack_params(spec)
+        evaluation = evaluate_attack(
+            engine, p["attack"], p["attack_params"], threat, sweep=sweep_of(p)
+        )
         if metric == "iou_ratio":
-            import torch
-
-            paired = torch.stack([engine.clean().per_image, evaluation.per_image], dim=1)
+            paired = torch.stack([evaluate_clean(engine).per_image, evaluation.per_image], dim=1)
             value, interval = engine.score_state(paired, metrics.iou_ratio)
             quantity = "IoU ratio"
         elif metric == "attack_success_rate":
-            import torch
-
             counts = torch.stack([evaluation.flipped, evaluation.clean_correct], dim=1)
             value, interval = engine.score_state(counts, metrics.ratio_of_sums)
             quantity = "attack success rate (share of correct pixels flipped)"
         else:
-            value, interval = engine.score(evaluation.per_image, metric, claim=spec)
+            value, interval = score_metric(spec, engine, evaluation.per_image, metric)
             quantity = describe_metric(metric)
         resolution = evaluation.resolution
         at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -149,6 +149,25 @@ def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
     return Verdict(passed=passed, compared=compared, summary=summary, detail=detail)
 
 
+class ClaimFailed(AssertionError):
+    """A claim was measured and does not hold."""
+
+    def __init__(self, verdict: Verdict, statement: str) -> None:
+        super().__init__(f"{verdict.summary}\nclaimed: {statement}")
+        self.verdict = verdict
+
+
+def score_metric(
+    spec: ClaimSpec, engine: Engine, per_image: Any, metric: str
+) -> tuple[float, Interval | None]:
+    """``metric`` of per-image confusion matrices and its interval; an unknown metric or
+    class is an error naming the claim's file, id and ``metric`` key."""
+    try:
+        return engine.score(per_image, metric)
+    except KeyError as exc:
+        raise Where(spec.source, spec.id).error(exc.args[0], key="metric") from None
+
+
 class ClaimKind(ABC):
     """Base class of claim kinds; subclasses register with :func:`audit.claims.register`."""
 
@@ -170,6 +189,21 @@ class ClaimKind(ABC):
     def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
         """One claim may become several items (a sweep); by default it stays one."""
         return [spec]
+
+    @classmethod
+    def check_classes(cls, spec: ClaimSpec, class_names: Sequence[str]) -> None:
+        """Refuse a ``metric`` naming a class the model and data do not have (``class_iou:``,
+        ``certified_class_iou:``), before any work; called once the class names are known."""
+        metric = spec.params.get("metric")
+        if not isinstance(metric, str) or ":" not in metric:
+            return
+        name = metric.partition(":")[2].strip()
+        if name not in class_names:
+            raise Where(spec.source, spec.id).error(
+                f"unknown class {name!r} in metric {metric!r}; the classes are "
+                + ", ".join(map(repr, class_names)),
+                key="metric",
+            )
 
     @classmethod
     @abstractmethod

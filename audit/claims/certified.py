@@ -12,9 +12,16 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
+
+from audit import metrics
+from audit.certify import joint
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
-from audit.threat import parse_epsilon
+from audit.errors import ConfigError
+from audit.evaluations.certified import certify_lipschitz, certify_smoothing, smoothing_miou
+from audit.evaluations.lipschitz import KAPPA
+from audit.threat import ThreatModel, parse_epsilon
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -175,6 +182,126 @@ class CertifiedClaim(ClaimKind):
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
-        from audit.certification import measure_certified
-
         return measure_certified(spec, engine)
+
+
+def measure_certified(spec: ClaimSpec, engine: Engine) -> Measurement:
+    """The claimed certified metric at the claim's radius, from the named certifier."""
+    p = spec.params
+    threat = ThreatModel("l2", parse_epsilon(p["eps"]))
+    eps = threat.eps.value
+    metric = p["metric"]
+    radii = [parse_epsilon(t).value for t in p["_sweep"]]
+    # Before any pass, against the first image: smoothing's passes are expensive.
+    engine.check_radius(threat)
+    if p["certifier"] == "smoothing":
+        return _measure_smoothing(spec, engine, eps, metric)
+    cert = certify_lipschitz(engine, p["lipschitz"], radii)
+    # The pass (shared by the whole sweep, so not refused inside it) knows every image's size.
+    for height, width in sorted(set(cert.resolutions)):
+        engine.check_radius(threat, (3, height, width))
+    i = cert.index(eps)
+    evidence: dict[str, Any] = {
+        "certifier": "lipschitz",
+        "lipschitz": cert.lipschitz.to_dict(),
+        "radius": eps,
+        "kappa": KAPPA,
+    }
+    if metric == "certified_pixel_accuracy":
+        value, interval = engine.score_state(cert.pixel_accuracy[:, i], metrics.ratio_of_sums)
+        quantity = "certified pixel accuracy"
+    elif metric == "certified_fraction":
+        value, interval = engine.score_state(cert.fraction[:, i], metrics.ratio_of_sums)
+        quantity = "share of pixels certified"
+    else:
+        if metric.startswith(CLASS_PREFIX):
+            name = metric[len(CLASS_PREFIX) :]
+            k = _class_index(spec, engine, name)
+            j = cert.iou_radii.index(eps)
+            value = float(joint.dataset_iou_lower_bound(cert.iou_state)[j, k])
+            quantity = f"worst-case IoU of class {name!r}"
+        else:
+            j = cert.iou_radii.index(eps)
+            value = float(joint.certified_miou_lower_bound(cert.iou_state)[j])
+            quantity = "worst-case mIoU"
+        interval = None
+        evidence["aggregation"] = (
+            "dataset-level worst case: one perturbation per image, each within the radius, "
+            "chosen jointly to minimise the dataset IoU (Dinkelbach bisection)"
+        )
+    resolution = cert.resolution
+    at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+    return Measurement(
+        value=value,
+        quantity=quantity,
+        condition=f"at L2 radius {p['eps']}{at} (Lipschitz certificate, L = "
+        f"{cert.lipschitz.value:.4g}, {cert.lipschitz.kind})",
+        num_samples=cert.num_samples,
+        interval=interval,
+        evidence=evidence,
+    )
+
+
+def _class_index(spec: ClaimSpec, engine: Engine, name: str) -> int:
+    if name not in engine.class_names:
+        raise ConfigError(
+            f"unknown class {name!r}; classes are {', '.join(engine.class_names)}",
+            source=spec.source,
+            claim=spec.id,
+            key="metric",
+        )
+    return engine.class_names.index(name)
+
+
+def _measure_smoothing(spec: ClaimSpec, engine: Engine, eps: float, metric: str) -> Measurement:
+    cert = certify_smoothing(engine, spec.params["smoothing"])
+    k = engine.num_classes
+    covered = eps <= cert.radius
+    if metric == "certified_fraction":
+        counts = torch.stack([cert.pixels - cert.abstained, cert.pixels], dim=1)
+        if not covered:
+            counts[:, 0] = 0
+        value, interval = engine.score_state(counts, metrics.ratio_of_sums)
+        quantity = "share of pixels certified"
+    else:
+        per_image = cert.per_image if covered else _nothing_certified(cert.per_image, k)
+        if metric == "certified_pixel_accuracy":
+            value, interval = engine.score_state(per_image, metrics.pixel_accuracy)
+            quantity = "certified pixel accuracy"
+        elif metric.startswith(CLASS_PREFIX):
+            name = metric[len(CLASS_PREFIX) :]
+            c = _class_index(spec, engine, name)
+            value, interval = engine.score_state(
+                per_image, lambda cm: metrics._scalar(metrics.class_iou(cm)[..., c])
+            )
+            quantity = f"certified IoU of class {name!r}"
+        else:
+            value, interval = engine.score_state(per_image, smoothing_miou)
+            quantity = "certified mIoU"
+    cfg = spec.params["smoothing"]
+    return Measurement(
+        value=value,
+        quantity=quantity,
+        condition=f"at L2 radius {spec.params['eps']} (randomized smoothing, sigma "
+        f"{cfg['sigma']:g}, n {cfg['n']}, tau {cfg['tau']:g}, alpha {cfg['alpha']:g}, "
+        f"{cfg['correction']}; certified radius {cert.radius:.4g}"
+        + ("" if covered else ", below the claimed radius: nothing is certified")
+        + ")",
+        num_samples=cert.num_samples,
+        interval=interval,
+        evidence={
+            "certifier": "smoothing",
+            "config": dict(cfg),
+            "certified_radius": cert.radius,
+            "abstained": int(cert.abstained.sum()),
+            "pixels": int(cert.pixels.sum()),
+            "forward_passes": cert.forward_passes,
+        },
+    )
+
+
+def _nothing_certified(per_image: torch.Tensor, k: int) -> torch.Tensor:
+    """Every pixel moved to the abstain column: the certificate's radius is too small."""
+    out = torch.zeros_like(per_image)
+    out[:, :, k] = per_image.sum(2)
+    return out

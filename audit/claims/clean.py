@@ -6,7 +6,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from audit.claims import register
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
+from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, score_metric
+from audit.evaluations.clean import evaluate_clean
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -53,8 +54,8 @@ class CleanClaim(ClaimKind):
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
         metric = spec.params["metric"]
-        clean = engine.clean()
-        value, interval = engine.score(clean.per_image, metric, claim=spec)
+        clean = evaluate_clean(engine)
+        value, interval = score_metric(spec, engine, clean.per_image, metric)
         return Measurement(
             value=value,
             quantity=describe_metric(metric),

@@ -18,9 +18,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from audit.attacks import check_name, library_of
+import numpy as np
+
+from audit.attacks import build_min_norm_attack, check_name, library_of
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
+from audit.evaluations.min_norm import evaluate_min_norm
+from audit.metrics import finite_or_none
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -93,21 +97,21 @@ class MinNormClaim(ClaimKind):
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
-        import numpy as np
-
-        from audit.results import finite_or_none
-
         p = spec.params
         try:
-            evaluation = engine.min_norm(
-                p["attack"],
-                p["attack_params"],
-                p["norm"],
-                radius_steps=p["radius_steps"],
-                adv_threshold=p["adv_threshold"],
-            )
+            # Built first: a parameter it does not take is the claim's error, named, before
+            # any work; a TypeError during the run is a bug, and reported as one.
+            build_min_norm_attack(p["attack"], p["attack_params"])
         except TypeError as exc:
             raise Where(spec.source, spec.id).error(str(exc), key="params") from None
+        evaluation = evaluate_min_norm(
+            engine,
+            p["attack"],
+            p["attack_params"],
+            p["norm"],
+            radius_steps=p["radius_steps"],
+            adv_threshold=p["adv_threshold"],
+        )
         values = (
             evaluation.pixel_radius if p["radius"] == "pixel" else evaluation.image_radius
         ).numpy()

@@ -17,6 +17,7 @@ from audit.attacks import check_name
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Threshold, Where
 from audit.claims.certified import CERTIFIER_KEYS, expand_radii, parse_certifier, parse_l2_radii
+from audit.evaluations.soundness import check_soundness
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -81,6 +82,50 @@ class CertificateSoundnessClaim(ClaimKind):
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
-        from audit.soundness import measure_soundness
-
         return measure_soundness(spec, engine)
+
+
+def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
+    """Violations found by the soundness check, worded with the attacks' counts and the
+    first counterexample."""
+    result = check_soundness(engine, spec.params)
+    checks = [c.to_dict() for c in result.checks]
+    evidence: dict[str, Any] = {
+        "lipschitz": result.lipschitz.to_dict(),
+        "radius": result.eps,
+        "checks": checks,
+        "counterexample": result.counterexample,
+    }
+    artifacts = dict(result.artifacts)
+    if result.falsified is not None:
+        evidence["falsified"] = {
+            "lower_bound": result.falsified.value,
+            "method": result.falsified.method,
+        }
+        artifacts["falsifying_x"] = result.falsified.x.cpu().numpy()
+        artifacts["falsifying_y"] = result.falsified.y.cpu().numpy()
+    parts = []
+    for c in result.checks:
+        parts.append(
+            f"{c.attack}: {c.flipped_certified} of {c.certified_pixels} certified pixels "
+            f"flipped, {c.metric_violations} images below the certified accuracy"
+        )
+    where = ""
+    if result.counterexample:
+        ce = result.counterexample
+        where = (
+            f"; e.g. {ce['attack']} flips pixel {tuple(ce['pixel'])} of {ce['sample']!r} "
+            f"(certified radius {ce['certified_radius']:.4g}, margin {ce['margin']:.4g}) with "
+            f"a perturbation of L2 norm {ce['perturbation_norm']:.4g}"
+        )
+    if result.falsified is not None:
+        where += f"; and the claimed L is contradicted (lower bound {result.falsified.value:.4g})"
+    return Measurement(
+        value=float(result.violations),
+        quantity="number of violations",
+        condition=f"at L2 radius {spec.params['eps']} with L = {result.lipschitz.value:.4g} "
+        f"({result.lipschitz.kind}) [{'; '.join(parts)}{where}]",
+        num_samples=result.num_samples,
+        evidence=evidence,
+        artifacts=artifacts,
+    )

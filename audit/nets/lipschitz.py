@@ -46,7 +46,8 @@ so ``||P||^2 <= max_a (|M| q)_a / q_a`` (the weighted Schur test).  AOL rescales
 restricts the output to the H x W window (norm <= 1), hence its norm is at most 1 as well.  A
 bias does not change a Lipschitz constant.
 
-``conv_norm_upper_bound`` evaluates the same Schur test for an arbitrary plain kernel (in
+``conv_norm_upper_bound`` (in :mod:`audit.certify.lipschitz.norms`, with ``MaxMin`` and
+``kernel_autocorrelation``) evaluates the same Schur test for an arbitrary plain kernel (in
 float64, with weights from power iteration), on the kernel and on its adjoint, which is how
 the exported model's constant is computed from its materialised weights.  For an orthogonal
 kernel the adjoint (or direct) autocorrelation is the identity, so the bound is 1 up to
@@ -63,27 +64,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audit.certify.lipschitz.norms import MaxMin, conv_norm_upper_bound, kernel_autocorrelation
+
 #: keeps d_i away from 0 for an all-zero input channel; a larger d_i only shrinks the layer
 AOL_EPS = 1e-6
-
-
-class MaxMin(nn.Module):
-    """GroupSort with groups of two: channel halves (a, b) -> (max(a, b), min(a, b))."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = x.chunk(2, dim=1)
-        return torch.cat([torch.maximum(a, b), torch.minimum(a, b)], dim=1)
-
-
-def kernel_autocorrelation(weight: torch.Tensor) -> torch.Tensor:
-    """Return ``K^T * K`` as a C_in x C_in x (2k-1) x (2k-1) tensor.
-
-    Entry ``[i, j, t]`` is ``sum_c sum_u K[c, i, u + t] K[c, j, u]``: the Gram operator of the
-    convolution over the whole plane, between input channels i and j at spatial offset t.
-    """
-    k_h, k_w = weight.shape[-2:]
-    kt = weight.transpose(0, 1)
-    return F.conv2d(kt, kt, padding=(k_h - 1, k_w - 1))
 
 
 def aol_scale(weight: torch.Tensor, eps: float = AOL_EPS) -> torch.Tensor:
@@ -149,39 +133,6 @@ class AOLConv2d(nn.Module):
             if self.bias is not None:
                 conv.bias.copy_(self.bias)
         return conv
-
-
-def _schur_bound(weight: torch.Tensor, iterations: int) -> float:
-    a = kernel_autocorrelation(weight).abs().sum(dim=(2, 3))
-    q = torch.ones(a.shape[0], dtype=weight.dtype)
-    for _ in range(iterations):
-        nxt = a @ q
-        norm = nxt.norm()
-        if not torch.isfinite(norm) or norm == 0:
-            break
-        # The floor keeps q strictly positive, which the Schur test requires.
-        q = (nxt / norm).clamp_min(1e-12)
-    ratio = (a @ q) / q
-    return math.sqrt(float(ratio.max()))
-
-
-def conv_norm_upper_bound(weight: torch.Tensor, *, iterations: int = 200) -> float:
-    """A provable upper bound of the L2 operator norm of a zero-padded convolution.
-
-    Weighted Schur test in float64: ``sqrt(max_i (A q)_i / q_i)`` with ``A_ij = sum_t |(K^T *
-    K)_{ij}(t)|`` and any positive ``q``.  The bound holds for every positive ``q``; power
-    iteration on ``A`` only makes it tighter (towards the Perron root of ``A``), so its
-    convergence does not matter for soundness.  Valid for every input size, any zero padding
-    and any stride: each of those convolutions is a restriction of the one over the whole plane.
-
-    The test is also applied to the adjoint (the transposed convolution, kernel flipped, with
-    Gram ``K * K^T`` over output channels), which has the same norm, and the smaller of the two
-    bounds is returned: a row-orthogonal layer with fewer outputs than inputs has ``K * K^T``
-    equal to the identity but ``K^T * K`` only a projector, whose Schur bound is loose.
-    """
-    w = weight.detach().to(dtype=torch.float64, device="cpu")
-    adjoint = w.flip(-2, -1).transpose(0, 1)
-    return min(_schur_bound(w, iterations), _schur_bound(adjoint, iterations))
 
 
 #: builds a convolution with L2 operator norm <= 1 from (in_channels, out_channels)

@@ -19,13 +19,20 @@ optional top-level ``"reason"`` string, when the writer records one, leads that 
 Re-render a report from the command line with ``python -m audit.report REPORT_DIR``.
 
 The package is split by job: :mod:`~audit.report.format` (value formatters),
-:mod:`~audit.report.sections` (the registry and built-in builders),
+:mod:`~audit.report.accessors` (tolerant accessors of ``results.json``, verdict and status
+labels), :mod:`~audit.report.charts` (SVG chart primitives: palettes, colour maps, markers,
+axes, ticks, legends), :mod:`~audit.report.sections` (the registry), one module per built-in
+section (:mod:`~audit.report.summary`, :mod:`~audit.report.clean`,
+:mod:`~audit.report.attacks`, :mod:`~audit.report.certificates` with
+:mod:`~audit.report.lipschitz`, :mod:`~audit.report.certified` and
+:mod:`~audit.report.soundness`, :mod:`~audit.report.provenance`),
 :mod:`~audit.report.embed` (images as data URIs), :mod:`~audit.report.render` (schema check,
 Jinja environment, writing the page) and :mod:`~audit.report.__main__` (the command line).
 """
 
 from __future__ import annotations
 
+from audit.report.clean import MAX_CONFUSION_CLASSES, build_clean, build_confusion
 from audit.report.embed import MAX_EMBED_BYTES, embed_image
 from audit.report.format import (
     fmt_any,
@@ -39,6 +46,7 @@ from audit.report.format import (
     fmt_resolution,
     fmt_threshold,
 )
+from audit.report.provenance import build_provenance
 from audit.report.render import (
     INDEX_FILE,
     RESULTS_FILE,
@@ -49,18 +57,13 @@ from audit.report.render import (
     render_report,
 )
 from audit.report.sections import (
-    MAX_CONFUSION_CLASSES,
     Section,
     SectionBuilder,
-    build_claims,
-    build_clean,
-    build_confusion,
-    build_provenance,
-    build_summary,
     register_section,
     sections,
     unregister_section,
 )
+from audit.report.summary import build_claims, build_summary
 
 __all__ = [
     "INDEX_FILE",

@@ -15,19 +15,37 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.diagnostics import CHECKS
-from audit.report.format import _is_number, fmt_any, fmt_duration, fmt_number, fmt_resolution
+from audit.record.diagnostics import CHECKS
+from audit.report.accessors import as_list, claim_ref, mapping, recorded
+from audit.report.charts import (
+    MARKERS,
+    PALETTE,
+    PlotArea,
+    marker_path,
+    spaced_ticks,
+)
+from audit.report.format import (
+    NA,
+    finite,
+    fmt_any,
+    fmt_compact_resolution,
+    fmt_duration,
+    fmt_eps,
+    fmt_num,
+    fmt_params,
+    fmt_pct,
+    fmt_radius,
+    fmt_resolution,
+    fmt_text,
+)
 
-NA = "n/a"
+# Re-exported: the palette, markers and checks a reader of this section's tests looks up here.
+__all__ = ["CHECKS", "MARKERS", "NOISE_COLOR", "PALETTE", "build_attacks"]
 
-#: Okabe & Ito's colour-blind safe palette, yellow left out (unreadable on white).
-PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
-#: Marker shapes cycle independently of colours, so lines differ by more than hue.
-MARKERS = ("circle", "square", "triangle", "diamond", "triangle-down", "plus")
 NOISE_COLOR = "#6e7781"
 
 _NORM_ORDER = {"linf": 0, "l2": 1}
@@ -36,61 +54,15 @@ _FAMILY_ORDER = {"single_step": 0, "iterative": 1, "min_norm": 2, "random": 3}
 _QUANTILES = ("0.1", "0.25", "0.5", "0.75", "0.9")
 
 # Chart geometry, in SVG user units (pixels at 100 % zoom).
-_PLOT_LEFT, _PLOT_WIDTH, _PLOT_RIGHT = 58, 470, 18
-_PLOT_TOP, _PLOT_HEIGHT = 34, 250
-_LEGEND_ROW = 18
+_PLOT = PlotArea(left=58, width=470, top=34, height=250, right=18)
 #: Legend labels up to this many characters fit two to a row; longer ones get a row each.
 _LEGEND_SHORT, _LEGEND_CHARS = 30, 68
-_MARKER_R = 4.5
-
-
-def _mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number, else ``None`` (null, NaN, text)."""
-    if _is_number(value) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _num(value: Any) -> str:
-    """A score or count for the table; anything missing or non-finite reads ``n/a``."""
-    return fmt_number(value) if _finite(value) is not None else NA
-
-
-def _pct(value: Any) -> str:
-    number = _finite(value)
-    return NA if number is None else f"{number * 100:.1f}%"
-
-
-def _text(value: Any) -> str:
-    return NA if value is None or value == "" else str(value)
 
 
 def _norm_label(norm: str | None) -> str:
     if norm is None:
         return NA
     return _NORM_LABELS.get(norm, norm)
-
-
-def _eps_value(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def fmt_params(params: Mapping[str, Any]) -> str:
-    """``{"steps": 20, "restarts": 1}`` -> ``"steps=20, restarts=1"`` (canonical order kept).
-
-    Parameters left at ``None`` mean "the attack's own schedule" and are not shown.
-    """
-    return ", ".join(
-        f"{key}={fmt_any(value)}" for key, value in params.items() if value is not None
-    )
 
 
 @dataclass
@@ -122,6 +94,10 @@ class _Evaluation:
         return self.attack + "\0" + json.dumps(self.params, sort_keys=True, default=str)
 
     @property
+    def metrics(self) -> Mapping[str, Any]:
+        return mapping(self.raw.get("metrics"))
+
+    @property
     def is_noise(self) -> bool:
         return self.attack == "noise" or self.raw.get("family") == "random"
 
@@ -131,35 +107,35 @@ class _Evaluation:
 
 
 def _iou_ratio(entry: Mapping[str, Any]) -> float | None:
-    ratio = _finite(entry.get("iou_ratio"))
+    ratio = finite(entry.get("iou_ratio"))
     if ratio is not None:
         return ratio
-    miou = _finite(_mapping(entry.get("metrics")).get("miou"))
-    clean = _finite(entry.get("clean_miou"))
+    miou = finite(mapping(entry.get("metrics")).get("miou"))
+    clean = finite(entry.get("clean_miou"))
     if miou is not None and clean is not None and clean > 0:
         return miou / clean
     return None
 
 
 def _evaluations(results: Mapping[str, Any]) -> list[_Evaluation]:
-    entries = _list(_mapping(results.get("evaluations")).get("attacks"))
+    entries = as_list(recorded(results, "attacks"))
     evaluations = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             continue
         norm = entry.get("norm")
         norm = norm.lower() if isinstance(norm, str) and norm else None
-        eps = _finite(entry.get("eps"))
+        eps = finite(entry.get("eps"))
         eps_text = entry.get("eps_text")
         if not isinstance(eps_text, str) or not eps_text:
-            eps_text = _eps_value(eps) if eps is not None else NA
+            eps_text = fmt_eps(eps) if eps is not None else NA
         evaluations.append(
             _Evaluation(
                 index=index,
                 raw=entry,
                 id=str(entry.get("id") or f"attack {index + 1}"),
                 attack=str(entry.get("attack") or "unknown attack"),
-                params=_mapping(entry.get("params")),
+                params=mapping(entry.get("params")),
                 norm=norm,
                 eps=eps,
                 eps_text=eps_text,
@@ -169,40 +145,16 @@ def _evaluations(results: Mapping[str, Any]) -> list[_Evaluation]:
     return evaluations
 
 
-# The claims table's verdict labels (sections._VERDICTS; not imported: sections imports us).
-_VERDICTS = {
-    "passed": ("PASS", "pass"),
-    "failed": ("FAIL", "fail"),
-    "error": ("ERROR", "error"),
-    "skipped": ("SKIPPED", "skip"),
-    "not_run": ("NOT RUN", "notrun"),
-}
-
-
 def _attach_claims(results: Mapping[str, Any], evaluations: Sequence[_Evaluation]) -> None:
     by_id = {evaluation.id: evaluation for evaluation in evaluations}
-    claims = _list(results.get("claims"))
-    for index, claim in enumerate(claims):
+    # NB: numbered over the raw list, while the claims table numbers only its mapping
+    # entries, so a malformed entry ahead of a claim shifts this link by one.
+    for index, claim in enumerate(as_list(results.get("claims"))):
         if not isinstance(claim, Mapping):
             continue
-        target = _mapping(claim.get("evidence")).get("evaluation")
-        if not isinstance(target, str) or target not in by_id:
-            continue
-        verdict = claim.get("verdict")
-        label, css = (
-            _VERDICTS.get(verdict, ("UNKNOWN", "unknown"))
-            if isinstance(verdict, str)
-            else ("UNKNOWN", "unknown")
-        )
-        by_id[target].claims.append(
-            {
-                # Same positional anchors as the claims table (sections._claim_anchor).
-                "anchor": f"claim-{index + 1}",
-                "nodeid": str(claim.get("nodeid") or claim.get("id") or f"claim {index + 1}"),
-                "verdict": label,
-                "verdict_css": css,
-            }
-        )
+        target = mapping(claim.get("evidence")).get("evaluation")
+        if isinstance(target, str) and target in by_id:
+            by_id[target].claims.append(claim_ref(index, claim))
 
 
 def _group_order(evaluation: _Evaluation) -> tuple[Any, ...]:
@@ -250,35 +202,6 @@ def _styles(ordered: Sequence[_Evaluation]) -> dict[str, _Style]:
     return styles
 
 
-def _r(value: float) -> str:
-    return f"{value:.1f}"
-
-
-def marker_path(shape: str, x: float, y: float, r: float = _MARKER_R) -> str:
-    """SVG path data for a marker of ``shape`` centred on ``(x, y)``."""
-    if shape == "square":
-        s = r * 0.9
-        return f"M{_r(x - s)},{_r(y - s)}h{_r(2 * s)}v{_r(2 * s)}h{_r(-2 * s)}Z"
-    if shape in ("triangle", "triangle-down"):
-        sign = 1 if shape == "triangle" else -1
-        tip, base, half = y - sign * r * 1.2, y + sign * r * 0.8, r * 1.1
-        return f"M{_r(x)},{_r(tip)}L{_r(x + half)},{_r(base)}L{_r(x - half)},{_r(base)}Z"
-    if shape == "diamond":
-        d = r * 1.25
-        return f"M{_r(x)},{_r(y - d)}L{_r(x + d)},{_r(y)}L{_r(x)},{_r(y + d)}L{_r(x - d)},{_r(y)}Z"
-    if shape == "plus":
-        a, t = r * 1.2, r * 0.42
-        points = [
-            (-t, -a), (t, -a), (t, -t), (a, -t), (a, t), (t, t),
-            (t, a), (-t, a), (-t, t), (-a, t), (-a, -t), (-t, -t),
-        ]  # fmt: skip
-        return "M" + "L".join(f"{_r(x + dx)},{_r(y + dy)}" for dx, dy in points) + "Z"
-    return (
-        f"M{_r(x - r)},{_r(y)}a{_r(r)},{_r(r)} 0 1,0 {_r(2 * r)},0"
-        f"a{_r(r)},{_r(r)} 0 1,0 {_r(-2 * r)},0Z"
-    )
-
-
 def _y_top(ratios: Sequence[float]) -> float:
     highest = max(ratios, default=1.0)
     return 1.0 if highest <= 1.0 else math.ceil(highest * 4) / 4
@@ -299,22 +222,6 @@ def _resolution_note(evaluations: Sequence[_Evaluation]) -> str:
     return "mixed input resolutions: " + "; ".join(known + ([NA] if None in seen else []))
 
 
-def _x_ticks(
-    values: Sequence[tuple[float, str]], to_x: Callable[[float], float]
-) -> tuple[list[dict[str, Any]], list[float]]:
-    """Labelled ticks that do not overlap, and unlabelled marks for every other epsilon."""
-    labelled: list[dict[str, Any]] = []
-    minor: list[float] = []
-    for value, text in values:
-        x = to_x(value)
-        width = len(text) * 6.2 + 8
-        if labelled and x - labelled[-1]["x"] < (labelled[-1]["w"] + width) / 2:
-            minor.append(x)
-            continue
-        labelled.append({"x": x, "w": width, "label": text})
-    return labelled, minor
-
-
 def _panel(
     norm: str, evaluations: Sequence[_Evaluation], styles: Mapping[str, _Style]
 ) -> dict[str, Any] | None:
@@ -333,13 +240,10 @@ def _panel(
     y_top = _y_top([e.ratio for e in plotted if e.ratio is not None])
 
     def to_x(eps: float) -> float:
-        return round(_PLOT_LEFT + (math.log10(eps) - low) / (high - low) * _PLOT_WIDTH, 1)
+        return round(_PLOT.left + (math.log10(eps) - low) / (high - low) * _PLOT.width, 1)
 
-    def to_y(ratio: float) -> float:
-        clamped = min(max(ratio, 0.0), y_top)
-        return round(_PLOT_TOP + (1 - clamped / y_top) * _PLOT_HEIGHT, 1)
-
-    ticks, minor = _x_ticks(sorted(eps_labels.items()), to_x)
+    to_y = _PLOT.linear_y(y_top)
+    ticks, minor = spaced_ticks(sorted(eps_labels.items()), to_x)
     steps = round(y_top / 0.25)
     stride = 1 if steps <= 8 else 2
     y_ticks = [
@@ -365,14 +269,13 @@ def _panel(
                     "path": marker_path(style.marker, x, y),
                     "title": (
                         f"{label}, {_norm_label(norm)} eps {e.eps_text}: IoU ratio "
-                        f"{_num(e.ratio)}, mIoU {_num(_mapping(e.raw.get('metrics')).get('miou'))}"
+                        f"{fmt_num(e.ratio)}, mIoU {fmt_num(e.metrics.get('miou'))}"
                     ),
                 }
             )
         lines.append(
             {
                 "label": label,
-                "short": label if len(label) <= _LEGEND_CHARS else label[: _LEGEND_CHARS - 1] + "…",
                 "color": style.color,
                 "dashed": style.dashed,
                 "hollow": style.dashed,
@@ -381,41 +284,17 @@ def _panel(
                 "points": points,
             }
         )
-    width = _PLOT_LEFT + _PLOT_WIDTH + _PLOT_RIGHT
-    axis_bottom = _PLOT_TOP + _PLOT_HEIGHT
-    legend_top = axis_bottom + 58
-    columns = 2 if all(len(line["label"]) <= _LEGEND_SHORT for line in lines) else 1
-    column_w = (width - _PLOT_LEFT) / 2
-    legend = []
-    for i, line in enumerate(lines):
-        x = _PLOT_LEFT + (i % columns) * column_w
-        y = legend_top + (i // columns) * _LEGEND_ROW
-        legend.append(
-            {
-                **line,
-                "x1": round(x, 1),
-                "x2": round(x + 26, 1),
-                "y": y,
-                "text_x": round(x + 32, 1),
-                "text_y": y + 4,
-                "marker": marker_path(line["shape"], x + 13, y),
-            }
-        )
-    rows = math.ceil(len(lines) / columns)
+    legend, height = _PLOT.legend_below(
+        lines, gap=58, short_at=_LEGEND_SHORT, max_chars=_LEGEND_CHARS
+    )
     title = _norm_label(norm)
     return {
         "norm": norm,
         "title": f"{title} threat model",
         "resolution": _resolution_note(evaluations),
-        "width": width,
-        "height": legend_top + rows * _LEGEND_ROW + 4,
-        "plot_left": _PLOT_LEFT,
-        "plot_right": _PLOT_LEFT + _PLOT_WIDTH,
-        "plot_top": _PLOT_TOP,
-        "plot_bottom": axis_bottom,
-        "plot_mid_y": _PLOT_TOP + _PLOT_HEIGHT / 2,
-        "plot_mid_x": _PLOT_LEFT + _PLOT_WIDTH / 2,
-        "x_title_y": axis_bottom + 38,
+        "width": _PLOT.outer_width,
+        "height": height,
+        **_PLOT.frame(x_title_gap=38),
         "x_title": f"epsilon ({title}, [0,1] pixel space; log scale)",
         "y_title": "IoU ratio (adversarial / clean mIoU)",
         "x_ticks": ticks,
@@ -441,16 +320,16 @@ def _panels(ordered: Sequence[_Evaluation], styles: Mapping[str, _Style]) -> lis
 
 
 def _passes(entry: Mapping[str, Any]) -> str:
-    return f"{_num(entry.get('forward_passes'))} / {_num(entry.get('backward_passes'))}"
+    return f"{fmt_num(entry.get('forward_passes'))} / {fmt_num(entry.get('backward_passes'))}"
 
 
 def _gradient_notes(entry: Mapping[str, Any]) -> list[str]:
     """Short warnings for images whose input gradient was all zero or non-finite."""
-    gradients = _mapping(entry.get("gradients"))
+    gradients = mapping(entry.get("gradients"))
     notes = []
     for key, label in (("zero", "all-zero"), ("nonfinite", "non-finite")):
-        if _finite(gradients.get(key)):
-            notes.append(f"{_num(gradients[key])} {label} grad.")
+        if finite(gradients.get(key)):
+            notes.append(f"{fmt_num(gradients[key])} {label} grad.")
     return notes
 
 
@@ -459,32 +338,26 @@ _PERTURBATION_STATS = (("linf_max", "linf", "max Linf"), ("l2_mean", "l2", "mean
 
 def _perturbation(evaluation: _Evaluation) -> tuple[str, str]:
     """The measured perturbation sizes, and a warning when one exceeds the threat model."""
-    perturbation = _mapping(evaluation.raw.get("perturbation"))
+    perturbation = mapping(evaluation.raw.get("perturbation"))
     parts, warning = [], ""
     for key, norm, label in _PERTURBATION_STATS:
-        value = _finite(perturbation.get(key))
+        value = finite(perturbation.get(key))
         if value is None:
             continue
-        parts.append(f"{label} {_eps_value(value)}")
+        parts.append(f"{label} {fmt_eps(value)}")
         eps = evaluation.eps
         if evaluation.norm == norm and eps is not None and value > eps * (1 + 1e-3) + 1e-6:
-            warning = f"{label} {_eps_value(value)} exceeds epsilon"
+            warning = f"{label} {fmt_eps(value)} exceeds epsilon"
     return ("measured " + ", ".join(parts) if parts else "", warning)
-
-
-def _compact_resolution(value: Any) -> str:
-    if isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_number, value)):
-        return f"{value[0]}×{value[1]}"
-    return NA if value is None else fmt_any(value)
 
 
 def _row(evaluation: _Evaluation, style: _Style, examples_anchor: str | None) -> dict[str, Any]:
     entry = evaluation.raw
-    metrics = _mapping(entry.get("metrics"))
-    noise = _mapping(entry.get("noise"))
+    metrics = evaluation.metrics
+    noise = mapping(entry.get("noise"))
     perturbation, perturbation_warning = _perturbation(evaluation)
     details = [
-        _text(value)
+        fmt_text(value)
         for value in (entry.get("library"), entry.get("family"))
         if value is not None and value != ""
     ]
@@ -497,19 +370,19 @@ def _row(evaluation: _Evaluation, style: _Style, examples_anchor: str | None) ->
         "hollow": style.dashed,
         "norm": _norm_label(evaluation.norm),
         "eps_text": evaluation.eps_text,
-        "eps_value": _eps_value(evaluation.eps) if evaluation.eps is not None else NA,
+        "eps_value": fmt_eps(evaluation.eps) if evaluation.eps is not None else NA,
         "perturbation": perturbation,
         "perturbation_warning": perturbation_warning,
-        "resolution": _compact_resolution(entry.get("resolution")),
-        "num_samples": _num(entry.get("num_samples")),
-        "miou": _num(metrics.get("miou")),
-        "ratio": _num(evaluation.ratio),
-        "pixel_accuracy": _num(metrics.get("pixel_accuracy")),
-        "success_rate": _pct(entry.get("success_rate")),
-        "noise_miou": _num(noise.get("miou")),
+        "resolution": fmt_compact_resolution(entry.get("resolution")),
+        "num_samples": fmt_num(entry.get("num_samples")),
+        "miou": fmt_num(metrics.get("miou")),
+        "ratio": fmt_num(evaluation.ratio),
+        "pixel_accuracy": fmt_num(metrics.get("pixel_accuracy")),
+        "success_rate": fmt_pct(entry.get("success_rate")),
+        "noise_miou": fmt_num(noise.get("miou")),
         "passes": _passes(entry),
         "gradients": _gradient_notes(entry),
-        "seconds": fmt_duration(entry["seconds"]) if _finite(entry.get("seconds")) else NA,
+        "seconds": fmt_duration(entry["seconds"]) if finite(entry.get("seconds")) else NA,
         "claims": evaluation.claims,
         "failed": evaluation.failed,
         "examples_anchor": examples_anchor,
@@ -534,7 +407,7 @@ def _diagnostics(results: Mapping[str, Any]) -> dict[str, Any]:
         message = entry.get("message")
         items.append(
             {
-                "check": _text(entry.get("check")),
+                "check": fmt_text(entry.get("check")),
                 "where": where,
                 "message": str(message) if message else "no message recorded",
             }
@@ -543,8 +416,8 @@ def _diagnostics(results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _example_cells(example: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
-    clean_acc = _num(example.get("pixel_accuracy_clean"))
-    adv_acc = _num(example.get("pixel_accuracy_adv"))
+    clean_acc = fmt_num(example.get("pixel_accuracy_clean"))
+    adv_acc = fmt_num(example.get("pixel_accuracy_adv"))
     cells = (
         ("image", "input", f"clean pixel acc. {clean_acc}"),
         ("adversarial", "adversarial input", f"adv. pixel acc. {adv_acc}"),
@@ -565,15 +438,15 @@ def _examples(ordered: Sequence[_Evaluation], anchors: Mapping[int, str]) -> lis
         if evaluation.index not in anchors:
             continue
         examples = []
-        for index, example in enumerate(_list(evaluation.raw.get("examples"))):
+        for index, example in enumerate(as_list(evaluation.raw.get("examples"))):
             if not isinstance(example, Mapping):
                 continue
             name = str(example.get("name") or f"example {index + 1}")
             examples.append(
                 {
                     "name": name,
-                    "clean": _num(example.get("pixel_accuracy_clean")),
-                    "adv": _num(example.get("pixel_accuracy_adv")),
+                    "clean": fmt_num(example.get("pixel_accuracy_clean")),
+                    "adv": fmt_num(example.get("pixel_accuracy_adv")),
                     "cells": _example_cells(example, name),
                 }
             )
@@ -592,37 +465,26 @@ def _examples(ordered: Sequence[_Evaluation], anchors: Mapping[int, str]) -> lis
     return blocks
 
 
-def _radius(value: Any, norm: Any, *, short: bool = False) -> str:
-    """A radius as a number; Linf radii also in 255ths (alone when ``short``)."""
-    number = _finite(value)
-    if number is None:
-        return NA
-    if norm != "linf":
-        return _eps_value(number)
-    in_255 = f"{number * 255:.3g}/255"
-    return in_255 if short else f"{_eps_value(number)} ({in_255})"
-
-
 def _min_norm(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    for index, entry in enumerate(_list(_mapping(results.get("evaluations")).get("min_norm"))):
+    for index, entry in enumerate(as_list(recorded(results, "min_norm"))):
         if not isinstance(entry, Mapping):
             continue
         norm = entry.get("norm")
         norm = norm.lower() if isinstance(norm, str) else None
-        image = _mapping(entry.get("image_radius"))
-        pixel = _mapping(entry.get("pixel_radius"))
-        quantiles = _mapping(pixel.get("quantiles"))
+        image = mapping(entry.get("image_radius"))
+        pixel = mapping(entry.get("pixel_radius"))
+        quantiles = mapping(pixel.get("quantiles"))
         rows.append(
             {
                 "id": str(entry.get("id") or f"min-norm {index + 1}"),
-                "attack": _text(entry.get("attack")),
+                "attack": fmt_text(entry.get("attack")),
                 "norm": _norm_label(norm),
-                "num_samples": _num(entry.get("num_samples")),
-                "image_median": _radius(image.get("median"), norm),
-                "pixel_median": _radius(pixel.get("median"), norm),
-                "quantiles": [_radius(quantiles.get(q), norm, short=True) for q in _QUANTILES],
-                "finite": _pct(pixel.get("finite_fraction")),
+                "num_samples": fmt_num(entry.get("num_samples")),
+                "image_median": fmt_radius(image.get("median"), norm),
+                "pixel_median": fmt_radius(pixel.get("median"), norm),
+                "quantiles": [fmt_radius(quantiles.get(q), norm, short=True) for q in _QUANTILES],
+                "finite": fmt_pct(pixel.get("finite_fraction")),
             }
         )
     return rows
@@ -639,17 +501,17 @@ def build_attacks(results: Mapping[str, Any]) -> dict[str, Any] | None:
     styles = _styles(sorted(evaluations, key=_group_order))
     anchors: dict[int, str] = {}
     for evaluation in ordered:
-        if any(isinstance(x, Mapping) for x in _list(evaluation.raw.get("examples"))):
+        if any(isinstance(x, Mapping) for x in as_list(evaluation.raw.get("examples"))):
             anchors[evaluation.index] = f"attack-examples-{len(anchors) + 1}"
     rows = [
         _row(evaluation, styles[evaluation.series_key], anchors.get(evaluation.index))
         for evaluation in ordered
     ]
-    clean = {_finite(e.raw.get("clean_miou")) for e in evaluations} - {None}
+    clean = {finite(e.raw.get("clean_miou")) for e in evaluations} - {None}
     return {
         "count": len(evaluations),
         "groups": len(styles),
-        "clean_miou": _num(next(iter(clean))) if len(clean) == 1 else "",
+        "clean_miou": fmt_num(next(iter(clean))) if len(clean) == 1 else "",
         "panels": _panels(ordered, styles),
         "rows": rows,
         "noise": any(e.is_noise for e in evaluations),

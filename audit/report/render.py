@@ -19,16 +19,10 @@ import jinja2
 from markupsafe import Markup
 
 from audit.errors import SegAuditError
+from audit.report.accessors import counts, fmt_pickle_trust, mapping, run_errors, status
 from audit.report.embed import embed_image
 from audit.report.format import fmt_any
-from audit.report.sections import (
-    _counts,
-    _mapping,
-    _run_errors,
-    _status,
-    fmt_pickle_trust,
-    sections,
-)
+from audit.report.sections import sections
 from audit.resources import templates_dir
 
 SCHEMA_VERSION = 1
@@ -95,20 +89,20 @@ def _plural(count: int, noun: str) -> str:
 
 
 def _incomplete_reasons(results: Mapping[str, Any]) -> list[str]:
-    counts = _counts(results)
+    totals = counts(results)
     reasons = []
     if results.get("status") == "running":  # audit.results.RUNNING: never finished
-        reasons.append(_unfinished(_mapping(results.get("progress"))))
+        reasons.append(_unfinished(mapping(results.get("progress"))))
     if isinstance(results.get("reason"), str) and results["reason"]:
         reasons.append(results["reason"])
-    if counts["not_run"]:
-        reasons.append(f"{counts['not_run']} of {_plural(counts['total'], 'claim')} were not run")
-    if counts["error"]:
-        reasons.append(f"{_plural(counts['error'], 'claim')} ended in an error")
-    if _run_errors(results):
-        errors = _plural(len(_run_errors(results)), "error")
+    if totals["not_run"]:
+        reasons.append(f"{totals['not_run']} of {_plural(totals['total'], 'claim')} were not run")
+    if totals["error"]:
+        reasons.append(f"{_plural(totals['error'], 'claim')} ended in an error")
+    if run_errors(results):
+        errors = _plural(len(run_errors(results)), "error")
         reasons.append(f"{errors} outside any claim (see the summary)")
-    if not isinstance(_mapping(results.get("evaluations")).get("clean"), Mapping):
+    if not isinstance(mapping(results.get("evaluations")).get("clean"), Mapping):
         reasons.append("no clean evaluation was recorded")
     return reasons
 
@@ -120,7 +114,7 @@ def _unfinished(progress: Mapping[str, Any]) -> str:
         text += f"; it was last written at {fmt_any(progress['updated_at'])}"
     if progress.get("claim"):
         text += f", while claim {fmt_any(progress['claim'])} was running"
-        evaluation = _mapping(progress.get("evaluation"))
+        evaluation = mapping(progress.get("evaluation"))
         if evaluation.get("samples_total"):
             text += (
                 f" ({fmt_any(evaluation.get('samples_done'))} of "
@@ -168,15 +162,15 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
         raise SegAuditError(
             f"cannot read the report stylesheet {directory / 'style.css'}: {exc}"
         ) from exc
-    provenance = _mapping(results.get("provenance"))
-    model = _mapping(provenance.get("model"))
-    dataset = _mapping(provenance.get("dataset"))
-    model_name = _mapping(model.get("metadata")).get("name") or (
+    provenance = mapping(results.get("provenance"))
+    model = mapping(provenance.get("model"))
+    dataset = mapping(provenance.get("dataset"))
+    model_name = mapping(model.get("metadata")).get("name") or (
         Path(model["path"]).name if isinstance(model.get("path"), str) else None
     )
     complete = results.get("complete") is True
-    badge, badge_css = _status(results)
-    trust = _mapping(provenance.get("trust_pickle"))
+    badge, badge_css = status(results)
+    trust = mapping(provenance.get("trust_pickle"))
     return env.get_template("index.html.j2").render(
         # style.css ships with the package, so it is trusted markup.
         css=Markup(css),
@@ -190,7 +184,7 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
         started_at=fmt_any(provenance.get("started_at")),
         pickle_trust=fmt_pickle_trust(trust),
         pickle_trusted=trust.get("enabled") is True,
-        segaudit_version=fmt_any(_mapping(provenance.get("versions")).get("segaudit")),
+        segaudit_version=fmt_any(mapping(provenance.get("versions")).get("segaudit")),
         schema_version=SCHEMA_VERSION,
         embed_image=lambda path, alt="": embed_image(report_dir, path, alt),
     )

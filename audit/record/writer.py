@@ -80,13 +80,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def finite_or_none(value: float | None) -> float | None:
-    """JSON has no NaN: a missing or undefined number is ``null``."""
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return float(value)
-
-
 class RunRecorder:
     """Accumulates claims, evaluations and provenance of one audit run."""
 

@@ -1,4 +1,4 @@
-"""Certificates checked from the other side: attacks that must not beat them.
+"""Soundness checks: certificates checked from the other side, by attacks that must not beat them.
 
 For each batch the clean logits give every pixel's certified radius.  Each listed attack
 then tries, within the L2 ball of the claimed radius, to change the model's *own* clean
@@ -12,17 +12,26 @@ one; the pairs (certified, empirical) are kept for the report's tightness scatte
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis import strategies as st
+from hypothesis.errors import NoSuchExample
 
+from audit.attacks import NATIVE_SPECS, build_attack, build_min_norm_attack, library_of
+from audit.attacks.base import AttackContext, project
+from audit.attacks.radius import pixel_radii
+from audit.certify import joint, margins
+from audit.evaluations.lipschitz import KAPPA, resolve_lipschitz
 from audit.threat import ThreatModel, parse_epsilon
 
 if TYPE_CHECKING:
-    from audit.claims.base import ClaimSpec, Measurement
     from audit.engine import Batch, Engine
 
 #: (certified, empirical) radius pairs kept per attack for the scatter
@@ -73,8 +82,6 @@ class SoundnessResult:
 
 
 def _target_attack(name: str, steps: int) -> Any:
-    from audit.attacks import NATIVE_SPECS, build_attack, library_of
-
     params: dict[str, Any] = {}
     if library_of(name) != "native" or "steps" in NATIVE_SPECS[name][1]:
         params["steps"] = steps
@@ -86,10 +93,6 @@ def _target_attack(name: str, steps: int) -> Any:
 def _search(model, images, target, certified, eps, examples) -> torch.Tensor:
     """A hypothesis search over perturbation directions of norm ``eps`` for one that flips a
     certified pixel; returns the most damaging direction tried if none does."""
-    from hypothesis import HealthCheck, Phase, find, settings
-    from hypothesis import strategies as st
-    from hypothesis.errors import NoSuchExample
-
     _n, _, h, w = images.shape
     best = {"count": -1, "adv": images}
 
@@ -136,13 +139,23 @@ def _search(model, images, target, certified, eps, examples) -> torch.Tensor:
     return best["adv"]
 
 
-def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
-    from audit.attacks import library_of
-    from audit.attacks.base import AttackContext, project
-    from audit.certification import KAPPA, resolve_lipschitz
-    from audit.certify import joint, margins
+def check_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
+    """The soundness check of a ``certificate_soundness`` claim's parameters, computed once
+    per key and logged for every claim that asks (each gets its entry in the record)."""
+    # Refused before the Lipschitz constant is resolved (a search that costs passes); each
+    # batch is checked again in the loop, for datasets of mixed sizes.
+    engine.check_radius(ThreatModel("l2", parse_epsilon(params["eps"])))
 
-    p = spec.params
+    def compute() -> SoundnessResult:
+        with margins.full_float32():
+            return run_soundness(engine, params)
+
+    return engine.cached(engine.key_parts("soundness", **dict(params)), compute, log=True)
+
+
+def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
+    """Every listed attack against the certified pixels, batch by batch."""
+    p = params
     eps = parse_epsilon(p["eps"]).value
     threat = ThreatModel("l2", parse_epsilon(p["eps"]))
     lipschitz = resolve_lipschitz(engine, p["lipschitz"], falsify=False)
@@ -173,10 +186,7 @@ def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
         )[:, 0, 0]
         labelled = batch.masks != engine.ignore_index
         model = engine.attack_forward(lambda grad: None)
-        generator = torch.Generator(device=engine.device)
-        from audit.adversarial import seed_for
-
-        generator.manual_seed(seed_for(engine.seed, "soundness", p["eps"], b))
+        generator = engine.generator("soundness", p["eps"], b)
         # The attacks aim at the certified pixels only: flipping an uncertified pixel proves
         # nothing, and a loss spread over every pixel dilutes the gradient towards them.
         sentinel = max(255, engine.num_classes)
@@ -222,7 +232,7 @@ def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
                 counterexample, artifacts = _counterexample(
                     batch, adv, flipped, margin, lipschitz.value, eps, name, radius
                 )
-    result = SoundnessResult(
+    return SoundnessResult(
         eps=eps,
         lipschitz=lipschitz,
         checks=tuple(checks.values()),
@@ -232,24 +242,15 @@ def run_soundness(engine: Engine, spec: ClaimSpec) -> SoundnessResult:
         num_samples=n_images,
         seconds=time.perf_counter() - start,
     )
-    engine.soundness[spec.nodeid] = result
-    return result
 
 
 def _min_norm_path(engine, name, steps, b, batch, target, model, ctx):
     """A minimal-norm attack on every pixel's clean prediction, and each pixel's empirical
     radius along its path; it does not depend on the radius, so all radii of a sweep share it.
     """
-    from audit.attacks import build_min_norm_attack
-    from audit.attacks.radius import pixel_radii
 
     def compute() -> tuple[torch.Tensor, torch.Tensor]:
-        import dataclasses
-
-        from audit.adversarial import seed_for
-
-        generator = torch.Generator(device=engine.device)
-        generator.manual_seed(seed_for(engine.seed, "soundness_min_norm", name, steps, b))
+        generator = engine.generator("soundness_min_norm", name, steps, b)
         attack = build_min_norm_attack(name, {"steps": steps})
         unbounded = attack(
             batch.images, target, norm="l2", ctx=dataclasses.replace(ctx, generator=generator)
@@ -297,59 +298,3 @@ def _counterexample(batch: Batch, adv, flipped, margin, lipschitz, eps, attack, 
         "perturbation": delta.cpu().numpy(),
     }
     return info, arrays
-
-
-def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
-    from audit.certify.margins import full_float32
-    from audit.claims.base import Measurement
-
-    def compute() -> SoundnessResult:
-        with full_float32():
-            return run_soundness(engine, spec)
-
-    # Refused before the Lipschitz constant is resolved (a search that costs passes); each
-    # batch is checked again in the loop, for datasets of mixed sizes.
-    engine.check_radius(ThreatModel("l2", parse_epsilon(spec.params["eps"])))
-
-    key = engine.key_parts("soundness", **{k: v for k, v in spec.params.items()})
-    result: SoundnessResult = engine.cached(key, compute)
-    checks = [c.to_dict() for c in result.checks]
-    evidence: dict[str, Any] = {
-        "lipschitz": result.lipschitz.to_dict(),
-        "radius": result.eps,
-        "checks": checks,
-        "counterexample": result.counterexample,
-    }
-    artifacts = dict(result.artifacts)
-    if result.falsified is not None:
-        evidence["falsified"] = {
-            "lower_bound": result.falsified.value,
-            "method": result.falsified.method,
-        }
-        artifacts["falsifying_x"] = result.falsified.x.cpu().numpy()
-        artifacts["falsifying_y"] = result.falsified.y.cpu().numpy()
-    parts = []
-    for c in result.checks:
-        parts.append(
-            f"{c.attack}: {c.flipped_certified} of {c.certified_pixels} certified pixels "
-            f"flipped, {c.metric_violations} images below the certified accuracy"
-        )
-    where = ""
-    if result.counterexample:
-        ce = result.counterexample
-        where = (
-            f"; e.g. {ce['attack']} flips pixel {tuple(ce['pixel'])} of {ce['sample']!r} "
-            f"(certified radius {ce['certified_radius']:.4g}, margin {ce['margin']:.4g}) with "
-            f"a perturbation of L2 norm {ce['perturbation_norm']:.4g}"
-        )
-    if result.falsified is not None:
-        where += f"; and the claimed L is contradicted (lower bound {result.falsified.value:.4g})"
-    return Measurement(
-        value=float(result.violations),
-        quantity="number of violations",
-        condition=f"at L2 radius {spec.params['eps']} with L = {result.lipschitz.value:.4g} "
-        f"({result.lipschitz.kind}) [{'; '.join(parts)}{where}]",
-        num_samples=result.num_samples,
-        evidence=evidence,
-        artifacts=artifacts,
-    )

@@ -1,16 +1,17 @@
-"""Adversarial evaluations: run one attack over the engine's dataset slice, reduce to state.
+"""Attack evaluations: one attack over the engine's dataset slice, reduced to additive state.
 
 What is kept per (attack, parameters, threat) is additive state, as for clean images: per-image
 confusion matrices under attack, per-image counts of flipped pixels, perturbation norms,
 gradient health counts, pass counts, and the few worst images as evidence for the report.
-Scores, IoU ratios and diagnostics are computed from that state later.
+Scores, IoU ratios and diagnostics are computed from that state later, by claims and the
+record.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +19,14 @@ import numpy as np
 import torch
 
 from audit import metrics
-from audit.errors import EvaluationError
+from audit.attacks import build_attack
+from audit.attacks.base import Attack, AttackContext
+from audit.engine import cache_key
+from audit.errors import ClaimTimeout, EvaluationError, ThreatOutOfRange
+from audit.evaluations.guard import ModelGuard
 from audit.threat import ThreatModel
 
 if TYPE_CHECKING:
-    from audit.attacks.base import Attack, MinNormAttack
     from audit.engine import Batch, Engine
 
 
@@ -114,31 +118,7 @@ class AttackEvaluation:
         return f"{self.attack} {self.threat.describe()}" + (f", {params}" if params else "")
 
 
-@dataclass(frozen=True)
-class MinNormEvaluation:
-    """A minimal-norm attack's radii over the dataset slice."""
-
-    attack: str
-    params: dict[str, Any]
-    norm: str
-    image_radius: torch.Tensor  # N: norm of the perturbation; inf where the attack failed
-    pixel_radius: torch.Tensor  # flat: per labelled pixel, radius along the attack's path
-    reached: torch.Tensor  # N bool: whether the attack met its flip threshold
-    forward_passes: int
-    backward_passes: int
-    seconds: float
-
-    @property
-    def id(self) -> str:
-        digest = hashlib.sha256(repr((self.attack, sorted(self.params.items()))).encode())
-        return f"{self.attack.replace(':', '-').lower()}-{self.norm}-{digest.hexdigest()[:6]}"
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.image_radius.shape[0])
-
-
-class _Counters:
+class Counters:
     """Forward/backward passes and gradient health while one evaluation runs.
 
     Gradient checks accumulate on the device and are read once at the end: reading them per
@@ -167,12 +147,6 @@ class _Counters:
         return GradientHealth(
             self.passes, self.image_gradients, int(self._zero), int(self._nonfinite)
         )
-
-
-def seed_for(base_seed: int, *parts: Any) -> int:
-    """A seed that depends only on the run's seed and what is computed, not on claim order."""
-    digest = hashlib.sha256(repr((base_seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 class _Accumulator:
@@ -270,112 +244,76 @@ def _materialise(candidate: dict[str, Any]) -> AdversarialExample:
     )
 
 
-#: words summed per chunk in :func:`_digests`: bounds its temporary device memory to about
-#: 50 bytes a word (100 MiB), at a handful of kernel launches per chunk
-_DIGEST_CHUNK = 1 << 21
+def evaluate_attack(
+    engine: Engine,
+    name: str,
+    params: Mapping[str, Any],
+    threat: ThreatModel,
+    *,
+    sweep: Sequence[ThreatModel] = (),
+) -> AttackEvaluation:
+    """Attack ``name`` with ``params`` at ``threat`` over the dataset slice, computed once
+    per key; a parameter the attack does not take is a ``TypeError`` before any work.
 
-
-def _digests(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
-    """Two position-weighted sums of each tensor's raw words, computed where it lives.
-
-    Any change of any bit changes them (barring a deliberate collision).  Tensors are
-    concatenated in chunks and summed per segment (prefix sums), so a network of hundreds of small
-    tensors costs a handful of kernel launches and one transfer per chunk, not thousands:
-    hashing weights on the host, or one reduction per tensor, would cost more than a short
-    attack.  Integer sums wrap around exactly, so the result does not depend on order.
+    Attacks that share a sweep's work (the single-step family: one gradient serves every
+    epsilon) compute all of ``sweep`` that is not cached yet in the same pass.
     """
-    out: list[tuple[int, int]] = [(0, 0)] * len(tensors)
-    groups: dict[tuple[torch.device, bool], list[tuple[int, torch.Tensor]]] = {}
-    for i, tensor in enumerate(tensors):
-        flat = tensor.detach().reshape(-1)
-        if flat.numel() == 0:
-            continue
-        wide = flat.element_size() % 4 == 0
-        words = flat.view(torch.int32) if wide else flat.view(torch.uint8)
-        groups.setdefault((flat.device, wide), []).append((i, words))
-    for (device, _), members in groups.items():
-        chunk: list[tuple[int, torch.Tensor]] = []
-        size = 0
-        for member in [*members, None]:
-            if member is not None and (not chunk or size + member[1].numel() <= _DIGEST_CHUNK):
-                chunk.append(member)
-                size += member[1].numel()
-                continue
-            sizes = torch.tensor([w.numel() for _, w in chunk], device=device)
-            segment = torch.repeat_interleave(
-                torch.arange(len(chunk), device=device), sizes, output_size=size
-            )
-            starts = torch.cumsum(sizes, 0) - sizes
-            position = torch.arange(size, device=device) - starts[segment] + 1
-            words = torch.cat([w for _, w in chunk]).to(torch.int64)
-            # Segment sums as differences of prefix sums: scatter-adds (index_add_) of
-            # millions of words into a few slots serialise on atomics and cost milliseconds.
-            prefix = torch.zeros(2, size + 1, dtype=torch.int64, device=device)
-            torch.cumsum(words, 0, out=prefix[0, 1:])
-            torch.cumsum(words * position, 0, out=prefix[1, 1:])
-            ends = starts + sizes
-            totals = prefix[:, ends] - prefix[:, starts]
-            for (i, _), a, b in zip(chunk, *totals.cpu().tolist(), strict=True):
-                out[i] = (a, b)
-            if member is not None:
-                chunk, size = [member], member[1].numel()
-    return out
+    attack = build_attack(name, params)
+    # The attack's own parameters, defaults filled in: claims that spell the same attack
+    # differently (steps given or defaulted) share one computation.
+    canonical = {k: attack.params[k] for k in sorted(attack.params)}
+
+    def parts(t: ThreatModel) -> dict[str, Any]:
+        return engine.key_parts(
+            "attack", attack=name, params=canonical, norm=t.norm, eps=t.eps.value
+        )
+
+    if not engine.is_cached(parts(threat)) and attack.shares_grid:
+        todo = [threat] + [
+            t
+            for t in sweep
+            if t != threat and t.norm == threat.norm and not engine.is_cached(parts(t))
+        ]
+        if len(todo) > 1:
+            try:
+                results = run_attack(engine, attack, name, todo)
+            except ThreatOutOfRange:
+                # Another epsilon of the sweep is too large: this one runs alone below
+                # (and is refused on its own if it is too large itself).
+                pass
+            except ClaimTimeout:
+                engine.timed_out.add(cache_key(parts(threat)))
+                raise
+            except Exception as exc:
+                engine.store(parts(threat), exc)
+                raise
+            else:
+                for t, result in zip(todo, results, strict=True):
+                    engine.store(parts(t), result, log=True)
+    return engine.cached(
+        parts(threat), lambda: run_attack(engine, attack, name, [threat])[0], log=True
+    )
 
 
-class ModelGuard:
-    """Proves an attack left the audited model as it found it, cheaply enough for every run.
+def evaluate_noise(engine: Engine, threat: ThreatModel) -> AttackEvaluation:
+    """Random noise of the same norm and size: the baseline an attack must beat."""
+    return evaluate_attack(engine, "noise", {}, threat)
 
-    Every parameter and buffer is identified by object and storage and summarised by
-    :func:`_digests` (``param.data.add_`` and BatchNorm's running statistics change values
-    without bumping autograd's version counter, so values are what is compared); ``.grad``
-    is recorded the same way, and every ``training`` and ``requires_grad`` flag.
-    """
 
-    def __init__(self, module: torch.nn.Module) -> None:
-        self.module = module
-        self.state = self._state()
-
-    def _state(self) -> dict[str, tuple]:
-        params = list(self.module.named_parameters())
-        buffers = list(self.module.named_buffers())
-        grads = [(n, p.grad) for n, p in params if p.grad is not None]
-        digests = iter(_digests([t for _, t in params + buffers + grads]))
-        state: dict[str, tuple] = {}
-        for name, p in params:
-            state[name] = (id(p), p.data_ptr(), p.requires_grad, next(digests))
-        for name, b in buffers:
-            state[name] = (id(b), b.data_ptr(), next(digests))
-        for name, _ in params:
-            state[f"grad:{name}"] = (None,)
-        for name, grad in grads:
-            state[f"grad:{name}"] = (id(grad), next(digests))
-        for name, sub in self.module.named_modules():
-            state[f"training:{name or '<root>'}"] = (sub.training,)
-        return state
-
-    def changes(self) -> list[str]:
-        """Names of parameters, buffers and flags that differ from the snapshot."""
-        now = self._state()
-        return sorted(k for k in set(now) | set(self.state) if now.get(k) != self.state.get(k))
-
-    def check(self, attack: str) -> None:
-        changed = self.changes()
-        if changed:
-            raise EvaluationError(
-                f"attack {attack!r} changed the audited model ({', '.join(changed[:5])}"
-                f"{', ...' if len(changed) > 5 else ''}); its results are discarded"
-            )
+def noise_key(engine: Engine, threat: ThreatModel) -> dict[str, Any]:
+    """The cache key parts of :func:`evaluate_noise` (to ask whether it was computed)."""
+    return engine.key_parts(
+        "attack", attack="noise", params={}, norm=threat.norm, eps=threat.eps.value
+    )
 
 
 def run_attack(
     engine: Engine, attack: Attack, name: str, threats: Sequence[ThreatModel]
 ) -> list[AttackEvaluation]:
     """Evaluate ``attack`` at each threat model; a grid-sharing attack computes them together."""
-    from audit.attacks.base import AttackContext
-
     threats = list(threats)
     guard = ModelGuard(engine.module)
-    counters = _Counters()
+    counters = Counters()
     forward_start = engine.forward_passes
     accumulators = [_Accumulator(engine.attack_examples) for _ in threats]
     start = time.perf_counter()
@@ -383,8 +321,7 @@ def run_attack(
         # Each batch knows its size: an L2 radius beyond its diameter is refused before work.
         for threat in threats:
             engine.check_radius(threat, batch.images.shape[1:])
-        generator = torch.Generator(device=engine.device)
-        generator.manual_seed(seed_for(engine.seed, name, sorted(attack.params.items()), b))
+        generator = engine.generator(name, sorted(attack.params.items()), b)
         ctx = AttackContext(
             model=engine.attack_forward(counters.count_backward),
             ignore_index=engine.ignore_index,
@@ -435,84 +372,3 @@ def run_attack(
         )
         for accumulator, threat in zip(accumulators, threats, strict=True)
     ]
-
-
-def run_min_norm(
-    engine: Engine,
-    attack: MinNormAttack,
-    name: str,
-    norm: str,
-    radius_steps: int,
-    adv_threshold: float,
-) -> MinNormEvaluation:
-    """Per-image and per-pixel empirical radii of a minimal-norm attack."""
-    from audit.attacks.base import AttackContext
-    from audit.attacks.radius import image_radius, pixel_radii
-
-    guard = ModelGuard(engine.module)
-    counters = _Counters()
-    forward_start = engine.forward_passes
-    images_r: list[torch.Tensor] = []
-    pixels_r: list[torch.Tensor] = []
-    reached: list[torch.Tensor] = []
-    start = time.perf_counter()
-    for b, batch in enumerate(engine.batches()):
-        generator = torch.Generator(device=engine.device)
-        generator.manual_seed(seed_for(engine.seed, name, sorted(attack.params.items()), b))
-        model = engine.attack_forward(counters.count_backward)
-        ctx = AttackContext(
-            model=model,
-            ignore_index=engine.ignore_index,
-            num_classes=engine.num_classes,
-            generator=generator,
-            on_gradient=counters.watch,
-            on_step=engine.attack_step,
-        )
-        adv = attack(batch.images, batch.masks, norm=norm, ctx=ctx)
-        labelled = batch.masks != engine.ignore_index
-        with torch.no_grad():
-            clean_pred = engine.forward(batch.images, batch.names).argmax(1)
-            adv_pred = engine.forward(adv, batch.names).argmax(1)
-            radii = pixel_radii(
-                _no_grad(model),
-                batch.images,
-                adv,
-                norm=norm,
-                steps=radius_steps,
-                reference=clean_pred,
-            )
-        # A pixel the model already gets wrong has radius 0: no perturbation is needed.
-        radii = torch.where(clean_pred == batch.masks, radii, torch.zeros_like(radii))
-        right = (clean_pred == batch.masks) & labelled
-        flipped = (adv_pred != batch.masks) & right
-        fraction = flipped.flatten(1).sum(1) / right.flatten(1).sum(1).clamp(min=1)
-        ok = fraction >= adv_threshold
-        norms = image_radius(batch.images, adv, norm)
-        images_r.append(torch.where(ok, norms, torch.full_like(norms, float("inf"))).cpu())
-        pixels_r.append(radii[labelled].float().cpu())
-        reached.append(ok.cpu())
-    if engine.device.type == "cuda":
-        torch.cuda.synchronize(engine.device)
-    seconds = time.perf_counter() - start
-    guard.check(name)
-    if not images_r:
-        raise EvaluationError(f"dataset {engine.dataset.kind!r} has no samples to attack")
-    return MinNormEvaluation(
-        attack=name,
-        params=dict(attack.params),
-        norm=norm,
-        image_radius=torch.cat(images_r),
-        pixel_radius=torch.cat(pixels_r),
-        reached=torch.cat(reached),
-        forward_passes=engine.forward_passes - forward_start,
-        backward_passes=counters.backward,
-        seconds=seconds,
-    )
-
-
-def _no_grad(model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], Any]:
-    def call(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return model(x)
-
-    return call

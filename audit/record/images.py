@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from audit.adversarial import AdversarialExample
-from audit.engine import Example
+from audit.evaluations.attack import AdversarialExample
+from audit.evaluations.clean import Example
 
 #: colour of ignored pixels in drawn masks
 IGNORE_COLOUR = (0, 0, 0)

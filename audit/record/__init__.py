@@ -1,0 +1,7 @@
+"""The audit record: evaluations turned into ``results.json`` entries and evidence files.
+
+``writer`` keeps the record and writes it atomically (torch-free: the pytest plugin uses
+it before anything heavy loads); ``entries`` summarises the engine's logged evaluations,
+``images`` draws the example images, ``diagnostics`` questions the attacks' strength.  The
+report (:mod:`audit.report`) reads only what these write.
+"""
