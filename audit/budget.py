@@ -13,16 +13,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from audit.errors import ClaimTimeout
 
 if TYPE_CHECKING:
-    from audit.claims.base import ClaimSpec
     from audit.config import Settings
 
 
-def claim_budget(spec: ClaimSpec, settings: Settings) -> tuple[float | None, str]:
+class TimedClaim(Protocol):
+    """A claim's own budget (:class:`audit.claims.base.ClaimSpec` is one)."""
+
+    @property
+    def timeout(self) -> float | None: ...
+
+
+def claim_budget(spec: TimedClaim, settings: Settings) -> tuple[float | None, str]:
     """Seconds the claim may run, and where that number comes from; the claim's own
     ``timeout`` wins over the ``claim_timeout`` setting."""
     if spec.timeout is not None:

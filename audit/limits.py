@@ -15,10 +15,15 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from audit.claims.base import Where
+from audit.errors import ConfigError
+
+
+class ClaimLocation(Protocol):
+    """Where a claim is, for errors (:class:`audit.claims.base.Where` is one)."""
+
+    def error(self, message: str, key: str | None = None) -> ConfigError: ...
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,7 @@ def _size(value: Any, ceiling: Ceiling) -> float | None:
     return None  # a wrong type is the kind's to report, with the expected type
 
 
-def check_ceilings(raw: Mapping[str, Any], where: Where) -> None:
+def check_ceilings(raw: Mapping[str, Any], where: ClaimLocation) -> None:
     """Refuse any cost parameter of ``raw`` (one claim table) above its ceiling, unless the
     claim says ``allow_large = true``."""
     allow = raw.get("allow_large", False)
@@ -116,7 +121,7 @@ def check_ceilings(raw: Mapping[str, Any], where: Where) -> None:
         )
 
 
-def parse_timeout(raw: Mapping[str, Any], where: Where) -> float | None:
+def parse_timeout(raw: Mapping[str, Any], where: ClaimLocation) -> float | None:
     """The claim's ``timeout`` in seconds (a finite number > 0), or ``None``."""
     value = raw.get("timeout")
     if value is None:

@@ -7,6 +7,7 @@ Hooks stay thin; the work lives in :mod:`audit.session`.  The plugin is enabled 
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from audit.config import DEMO_MODEL, resolve_settings
 from audit.errors import ConfigError, SegAuditError
 from audit.interrupts import describe_interruption
 from audit.record.writer import ensure_writable_dir
+from audit.report.format import fmt_resize
 
 if TYPE_CHECKING:
     from audit.claims import ClaimSpec
@@ -136,8 +138,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def _read_metadata_file(value: str | None, invocation_dir: Path) -> dict[str, Any] | None:
     if value is None:
         return None
-    import tomllib
-
     path = Path(value) if Path(value).is_absolute() else invocation_dir / value
     try:
         text = path.read_text(encoding="utf-8")
@@ -304,8 +304,6 @@ class AuditRun:
 
     def _write_output_resize(self, terminalreporter: Any) -> None:
         """One line, only when the model's logits were resized before scoring."""
-        from audit.report.format import fmt_resize
-
         model = self.audit.recorder.provenance.get("model") or {}
         resize = fmt_resize(
             model.get("input_resolution"),

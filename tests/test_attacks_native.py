@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
+from audit.attacks import ATTACKS
 from audit.attacks.base import AttackContext, project
-from audit.attacks.native import NATIVE_ATTACKS, PGD, arnab_schedule
+from audit.attacks.native import PGD, arnab_schedule
 from audit.threat import ThreatModel, parse_epsilon
 
 K = 4
@@ -77,10 +78,10 @@ def test_pgd_reaches_the_exact_optimum_and_never_beats_it(setup, eps_text: str) 
     assert (adv - images).abs().max() <= threat.eps.value + 1e-6
 
 
-@pytest.mark.parametrize("name", sorted(NATIVE_ATTACKS))
+@pytest.mark.parametrize("name", sorted(ATTACKS.names()))
 def test_every_attack_respects_its_ball_and_the_pixel_range(setup, name: str) -> None:
     conv, images, labels = setup
-    cls = NATIVE_ATTACKS[name]
+    cls = ATTACKS.get(name)
     for norm in cls.norms:
         eps = 8 / 255 if norm == "linf" else 0.5
         threat = ThreatModel(norm, parse_epsilon(eps))
@@ -116,13 +117,13 @@ def test_ignored_pixels_do_not_drive_the_attack(setup) -> None:
     conv, images, labels = setup
     ignored = torch.full_like(labels, 255)
     threat = ThreatModel("linf", parse_epsilon("8/255"))
-    adv = NATIVE_ATTACKS["fgsm"]()(images, ignored, threat=threat, ctx=context(conv))
+    adv = ATTACKS.get("fgsm")()(images, ignored, threat=threat, ctx=context(conv))
     assert torch.equal(adv, images)  # no labelled pixel: zero loss, zero gradient
 
 
 def test_single_step_grid_matches_separate_runs(setup) -> None:
     conv, images, labels = setup
-    fgsm = NATIVE_ATTACKS["fgsm"]()
+    fgsm = ATTACKS.get("fgsm")()
     threats = [ThreatModel("linf", parse_epsilon(e)) for e in ("1/255", "4/255")]
     grid = fgsm.grid(images, labels, threats, context(conv))
     for threat, adv in zip(threats, grid, strict=True):

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from audit.record.diagnostics import CHECKS
 from audit.report import render_html
-from audit.report.attacks import CHECKS, MARKERS, PALETTE, build_attacks
+from audit.report.attacks import MARKERS, PALETTE, build_attacks
 
 LINF_EPS = (("0.25/255", 0.25 / 255), ("1/255", 1 / 255), ("4/255", 4 / 255), ("32/255", 32 / 255))
 L2_EPS = (("0.25", 0.25), ("0.5", 0.5), ("1", 1.0))
@@ -142,6 +143,7 @@ def make_attack_results() -> dict[str, Any]:
                 "iterative attacks should be at least as strong; gradient masking?",
             }
         ],
+        "diagnostic_checks": dict(CHECKS),
     }
 
 
@@ -284,6 +286,11 @@ def test_diagnostics_warn_when_flagged_and_name_checks_when_clear(report_dir: Pa
     assert "No gradient-masking signs among the checks:" in clear
     assert all(check in clear for check in CHECKS) and len(CHECKS) == 5
     assert "Possible gradient masking" not in clear
+
+    del results["diagnostic_checks"]  # an older record: which checks ran is unknown
+    older = strip_tags(section(render_html(results, report_dir=report_dir)))
+    assert "No diagnostics were recorded" in older
+    assert "No gradient-masking signs" not in older
 
     del results["diagnostics"]
     missing = strip_tags(section(render_html(results, report_dir=report_dir)))

@@ -1,52 +1,93 @@
 """Attacks by name: SegAudit's own, and adapters to torchattacks, foolbox and adv-lib.
 
 A claim names an attack as ``pgd`` (native) or ``<library>:<Name>`` (``torchattacks:PGD``,
-``foolbox:LinfPGD``, ``advlib:alma_prox``).  Names are checked here without importing torch
-or any attack library, so a suite file is validated before anything heavy loads; the
-library is imported only when the attack runs, and a missing one fails that claim alone.
+``foolbox:LinfPGD``, ``advlib:alma_prox``).  Both kinds are registered plug-ins
+(:mod:`audit.registry`): native attacks as classes, libraries as adapters.  A library is
+imported only when one of its attacks runs, and a missing one fails that claim alone.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from audit.errors import AttackUnavailable
+from audit.registry import Registry
 
 if TYPE_CHECKING:
     from audit.attacks.base import Attack, MinNormAttack
 
-#: SegAudit's own attacks (audit.attacks.native) by the name a claim uses: the norms each
-#: implements and the parameters it accepts (a test keeps this in step with the classes)
-NATIVE_SPECS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "fgsm": (("linf",), ()),
-    "fgsm-ll": (("linf",), ()),
-    "ifgsm": (("linf",), ("steps", "step_size")),
-    "ifgsm-ll": (("linf",), ("steps", "step_size")),
-    "pgd": (("linf", "l2"), ("steps", "step_size", "restarts", "random_start")),
-    "segpgd": (("linf", "l2"), ("steps", "step_size", "restarts", "random_start")),
-    "cospgd": (("linf", "l2"), ("steps", "step_size", "restarts", "random_start")),
-    "noise": (("linf", "l2"), ()),
-}
-NATIVE_NAMES: tuple[str, ...] = tuple(NATIVE_SPECS)
+#: SegAudit's own attacks (subclasses of :class:`~audit.attacks.base.Attack`) by the name a
+#: claim uses; each class declares its name, norms and parameters with their defaults
+#: once.  A new one is a module in this package using :func:`register_attack`, or a third
+#: party's ``segaudit.attacks`` entry point.
+ATTACKS: Registry[type[Attack]] = Registry("attack", "segaudit.attacks", builtins=[__name__])
 
-#: adapter prefix -> (module implementing it, pip extra that installs the library)
-LIBRARIES: dict[str, tuple[str, str]] = {
-    "torchattacks": ("audit.attacks.adapters.torchattacks", "attacks"),
-    "foolbox": ("audit.attacks.adapters.foolbox", "attacks"),
-    "advlib": ("audit.attacks.adapters.advlib", "advlib"),
-}
+
+def register_attack(cls: type[Attack]) -> type[Attack]:
+    """Class decorator: make ``cls`` available as ``attack = "<cls.name>"`` in claims."""
+    return ATTACKS.register(cls)
+
+
+@dataclass(frozen=True)
+class AttackLibrary:
+    """An attack library behind an adapter: claims name its attacks ``<name>:<attack>``.
+
+    ``module`` implements ``build(attack, params)`` (and, for minimal-norm attacks,
+    ``build_min_norm``) and ``SUPPORTED`` (attack name -> norm or norms); it imports the
+    library, so it is imported only when one of its attacks runs.
+    """
+
+    name: str
+    module: str
+    #: the pip extra that installs the library
+    extra: str
+
+    def load(self, attack: str = "") -> ModuleType:
+        """The adapter module; :class:`AttackUnavailable` (one claim's error) when the
+        library is not importable here."""
+        try:
+            return importlib.import_module(self.module)
+        except ImportError as exc:
+            raise AttackUnavailable(
+                f"attack {attack or self.name!r} needs the {self.name} library, which is not "
+                f"importable here ({exc}); install it with: pip install "
+                f"'pytest-segaudit[{self.extra}]'"
+            ) from exc
+
+    def supported(self) -> dict[str, tuple[str, ...]]:
+        """Every attack the adapter supports on segmentation outputs, with its norms."""
+        table = self.load().SUPPORTED
+        return {k: (v,) if isinstance(v, str) else tuple(v) for k, v in table.items()}
+
+
+#: attack libraries by prefix; third parties add one through ``segaudit.attack_libraries``
+LIBRARIES: Registry[AttackLibrary] = Registry("attack library", "segaudit.attack_libraries")
+for _library in (
+    AttackLibrary("torchattacks", "audit.attacks.adapters.torchattacks", "attacks"),
+    AttackLibrary("foolbox", "audit.attacks.adapters.foolbox", "attacks"),
+    AttackLibrary("advlib", "audit.attacks.adapters.advlib", "advlib"),
+):
+    LIBRARIES.register(_library)
 
 #: parameters a claim may set at top level; each attack says which of them it accepts
 COMMON_PARAMS: tuple[str, ...] = ("steps", "step_size", "restarts", "random_start")
 
 
+def native_attack(name: str) -> type[Attack]:
+    """SegAudit's own attack ``name`` (a class with ``norms`` and ``defaults``)."""
+    return ATTACKS.get(name)
+
+
 def check_name(name: Any) -> str:
     """The canonical attack name, or ``ValueError`` saying which forms are accepted."""
     forms = (
-        f"one of {', '.join(NATIVE_NAMES)}, or <library>:<attack> with library "
-        f"{', '.join(LIBRARIES)} (e.g. 'torchattacks:PGD', 'foolbox:LinfPGD', 'advlib:alma_prox')"
+        f"one of {', '.join(ATTACKS.names())}, or <library>:<attack> with library "
+        f"{', '.join(LIBRARIES.names())} (e.g. 'torchattacks:PGD', 'foolbox:LinfPGD', "
+        "'advlib:alma_prox')"
     )
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"expected an attack name ({forms}), got {name!r}")
@@ -56,7 +97,7 @@ def check_name(name: Any) -> str:
         if library.lower() not in LIBRARIES or not attack:
             raise ValueError(f"unknown attack {name!r}; expected {forms}")
         return f"{library.lower()}:{attack}"
-    if name.lower() not in NATIVE_NAMES:
+    if name.lower() not in ATTACKS:
         raise ValueError(f"unknown attack {name!r}; expected {forms}")
     return name.lower()
 
@@ -66,33 +107,20 @@ def library_of(name: str) -> str:
     return name.partition(":")[0] if ":" in name else "native"
 
 
-def _adapter(library: str, name: str) -> Any:
-    module_name, extra = LIBRARIES[library]
-    try:
-        return importlib.import_module(module_name)
-    except ImportError as exc:
-        raise AttackUnavailable(
-            f"attack {name!r} needs the {library} library, which is not importable here "
-            f"({exc}); install it with: pip install 'pytest-segaudit[{extra}]'"
-        ) from exc
-
-
 def build_attack(name: str, params: Mapping[str, Any]) -> Attack:
     """An attack at a fixed budget, ready to call; ``TypeError`` for a parameter it lacks."""
     name = check_name(name)
     library = library_of(name)
     if library == "native":
-        from audit.attacks.native import NATIVE_ATTACKS
-
-        return NATIVE_ATTACKS[name](**params)
-    return _adapter(library, name).build(name.partition(":")[2], dict(params))
+        return native_attack(name)(**params)
+    return LIBRARIES.get(library).load(name).build(name.partition(":")[2], dict(params))
 
 
 def build_min_norm_attack(name: str, params: Mapping[str, Any]) -> MinNormAttack:
     """A minimal-norm attack (adv-lib's segmentation attacks), ready to call."""
     name = check_name(name)
     library = library_of(name)
-    module = _adapter(library, name) if library != "native" else None
+    module = LIBRARIES.get(library).load(name) if library != "native" else None
     if module is None or not hasattr(module, "build_min_norm"):
         raise AttackUnavailable(
             f"attack {name!r} is not a minimal-norm attack; use one of "

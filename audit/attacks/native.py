@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from audit.attacks import losses
+from audit.attacks import losses, register_attack
 from audit.attacks.base import (
     Attack,
     AttackContext,
@@ -33,6 +33,7 @@ def _step(grad: torch.Tensor, norm: str) -> torch.Tensor:
     return grad.sign() if norm == "linf" else l2_normalise(grad)
 
 
+@register_attack
 class FGSM(Attack):
     """One signed-gradient step of size eps (Goodfellow et al.)."""
 
@@ -52,6 +53,7 @@ class FGSM(Attack):
         return [project(images + t.eps.value * sign, images, t) for t in threats]
 
 
+@register_attack
 class FGSMLeastLikely(Attack):
     """One signed step *down* the loss of the least-likely class (Kurakin et al.)."""
 
@@ -111,12 +113,14 @@ class _Iterative(Attack):
         return adv
 
 
+@register_attack
 class BIM(_Iterative):
     """Iterative FGSM (basic iterative method) with the Arnab et al. schedule."""
 
     name = "ifgsm"
 
 
+@register_attack
 class IterativeLeastLikely(_Iterative):
     """Iterative least-likely class method with the Arnab et al. schedule."""
 
@@ -124,6 +128,7 @@ class IterativeLeastLikely(_Iterative):
     least_likely = True
 
 
+@register_attack
 class PGD(Attack):
     """Projected gradient descent (Madry et al.) with random start and restarts.
 
@@ -162,6 +167,7 @@ class PGD(Attack):
         )
 
 
+@register_attack
 class SegPGD(PGD):
     name = "segpgd"
 
@@ -171,6 +177,7 @@ class SegPGD(PGD):
         )
 
 
+@register_attack
 class CosPGD(PGD):
     name = "cospgd"
 
@@ -180,6 +187,7 @@ class CosPGD(PGD):
         )
 
 
+@register_attack
 class RandomNoise(Attack):
     """Random perturbation on the ball's surface: the baseline every attack must beat.
 
@@ -198,18 +206,3 @@ class RandomNoise(Attack):
             return images + eps * signs.to(images.device, images.dtype)
         direction = torch.randn(images.shape, generator=gen, device=gen.device)
         return images + eps * l2_normalise(direction.to(images.device, images.dtype))
-
-
-NATIVE_ATTACKS: dict[str, type[Attack]] = {
-    cls.name: cls
-    for cls in (
-        FGSM,
-        FGSMLeastLikely,
-        BIM,
-        IterativeLeastLikely,
-        PGD,
-        SegPGD,
-        CosPGD,
-        RandomNoise,
-    )
-}

@@ -7,10 +7,6 @@ else (the plugin, the suite loader) changes.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from importlib.metadata import entry_points
-
 from audit.claims.base import (
     ClaimFailed,
     ClaimKind,
@@ -21,8 +17,10 @@ from audit.claims.base import (
     Where,
     judge,
 )
+from audit.registry import Registry
 
 __all__ = [
+    "KINDS",
     "ClaimFailed",
     "ClaimKind",
     "ClaimSpec",
@@ -36,37 +34,20 @@ __all__ = [
     "register",
 ]
 
-_KINDS: dict[str, type[ClaimKind]] = {}
-_loaded = False
+#: claim kinds by the name a suite's ``kind`` key uses; third parties add one through the
+#: ``segaudit.claims`` entry-point group
+KINDS: Registry[type[ClaimKind]] = Registry("claim kind", "segaudit.claims", builtins=[__name__])
 
 
 def register(cls: type[ClaimKind]) -> type[ClaimKind]:
     """Class decorator: make ``cls`` available as ``kind = "<cls.name>"`` in suite files."""
-    existing = _KINDS.get(cls.name)
-    if existing is not None and existing is not cls:
-        raise ValueError(f"claim kind {cls.name!r} registered twice: {existing} and {cls}")
-    _KINDS[cls.name] = cls
-    return cls
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "base":
-            importlib.import_module(f"{__name__}.{info.name}")
-    for ep in entry_points(group="segaudit.claims"):
-        ep.load()
+    return KINDS.register(cls)
 
 
 def known_kinds() -> tuple[str, ...]:
-    _load_all()
-    return tuple(sorted(_KINDS))
+    return tuple(sorted(KINDS.names()))
 
 
 def get_kind(name: str) -> type[ClaimKind]:
     """The registered kind called ``name``; ``KeyError`` if there is none."""
-    _load_all()
-    return _KINDS[name]
+    return KINDS.get(name)

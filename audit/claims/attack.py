@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from audit import metrics
-from audit.attacks import COMMON_PARAMS, NATIVE_SPECS, build_attack, check_name, library_of
+from audit.attacks import COMMON_PARAMS, build_attack, check_name, library_of, native_attack
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, score_metric
 from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
@@ -114,7 +114,8 @@ def parse_attack_params(
             raise where.error(f"{key!r}: expected a number, string or boolean", "params")
         params[key] = value
     if library_of(name) == "native":
-        norms, accepted = NATIVE_SPECS[name]
+        native = native_attack(name)
+        norms, accepted = native.norms, tuple(native.defaults)
         if norm not in norms:
             raise where.error(
                 f"attack {name!r} is defined for {' and '.join(norms)}, not {norm}", key="norm"

@@ -22,9 +22,11 @@ import numpy as np
 
 from audit.attacks import build_min_norm_attack, check_name, library_of
 from audit.claims import register
+from audit.claims.attack import parse_attack_params
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
 from audit.evaluations.min_norm import evaluate_min_norm
 from audit.metrics import finite_or_none
+from audit.threat import parse_norm
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -57,9 +59,6 @@ class MinNormClaim(ClaimKind):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
-        from audit.claims.attack import parse_attack_params
-        from audit.threat import parse_norm
-
         try:
             attack = check_name(raw.get("attack"))
         except ValueError as exc:

@@ -16,7 +16,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from audit.attacks import check_name
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Threshold, Where
-from audit.claims.certified import CERTIFIER_KEYS, expand_radii, parse_certifier, parse_l2_radii
+from audit.claims.certified import (
+    CertifierKeys,
+    expand_radii,
+    parse_certifier,
+    parse_l2_radii,
+)
 from audit.evaluations.soundness import check_soundness
 
 if TYPE_CHECKING:
@@ -32,20 +37,31 @@ class CertificateSoundnessClaim(ClaimKind):
     value_range = None
     #: the measured value is the number of violations: any one fails the claim
     default_threshold = Threshold(max=0.0)
-    keys: ClassVar[Mapping[str, str]] = {
-        **CERTIFIER_KEYS,
-        "norm": "'l2' (mandatory)",
-        "eps": "the L2 radius the attacks get, or a list (one item each)",
-        "attacks": "attacks to run: L2 attacks by name (pgd, cospgd, segpgd, "
-        "torchattacks:PGDL2, foolbox:L2PGD, advlib:<min-norm attack>) and 'search' "
-        f"(a hypothesis search over directions); default {list(DEFAULT_ATTACKS)}",
-        "steps": "iterations of the gradient attacks (default 50)",
-        "min_norm_steps": "iterations of the minimal-norm attacks (default 200)",
-        "search_examples": "directions the hypothesis search tries (default 40)",
-    }
+    keys: ClassVar[Mapping[str, str]] = CertifierKeys(
+        {
+            "norm": "'l2' (mandatory)",
+            "eps": "the L2 radius the attacks get, or a list (one item each)",
+            "attacks": "attacks to run: L2 attacks by name (pgd, cospgd, segpgd, "
+            "torchattacks:PGDL2, foolbox:L2PGD, advlib:<min-norm attack>) and 'search' "
+            f"(a hypothesis search over directions); default {list(DEFAULT_ATTACKS)}",
+            "steps": "iterations of the gradient attacks (default 50)",
+            "min_norm_steps": "iterations of the minimal-norm attacks (default 200)",
+            "search_examples": "directions the hypothesis search tries (default 40)",
+        }
+    )
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
+        if raw.get("certifier") == "smoothing":
+            # Refused before its own keys are read: no value of them would make it testable.
+            raise where.error(
+                "soundness checks attack the Lipschitz certificate; a smoothing certificate "
+                "is a probabilistic statement about the smoothed classifier, which attacks on "
+                "the base model do not test. Use certifier = 'lipschitz' (the default) here, "
+                "and a kind = 'certified' claim with certifier = 'smoothing' for the smoothed "
+                "classifier's certified metrics",
+                key="certifier",
+            )
         certifier = parse_certifier(raw, where)
         radii = parse_l2_radii(raw, where)
         attacks = raw.get("attacks", list(DEFAULT_ATTACKS))

@@ -12,6 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from audit.data.base import SegmentationDataset
+from audit.data.cityscapes import CityscapesDataset
+from audit.data.folder import FolderDataset
+from audit.data.synthetic import SyntheticStreetScenes
+from audit.data.voc import VOCDataset
 from audit.errors import ConfigError
 
 SOURCE = "--audit-data"
@@ -145,22 +149,13 @@ def open_dataset(
 def _build(
     kind: str, path: str, kwargs: dict[str, Any], base_dir: Path | None
 ) -> SegmentationDataset:
-    # Imported here so a spec for one layout does not load the others.
     if kind == "synthetic":
-        from audit.data.synthetic import SyntheticStreetScenes
-
         return SyntheticStreetScenes(**kwargs)
     root = Path(path).expanduser()
     if not root.is_absolute():
         root = (base_dir if base_dir is not None else Path.cwd()) / root
     if kind == "cityscapes":
-        from audit.data.cityscapes import CityscapesDataset
-
         return CityscapesDataset(root, **kwargs)
     if kind == "voc":
-        from audit.data.voc import VOCDataset
-
         return VOCDataset(root, **kwargs)
-    from audit.data.folder import FolderDataset
-
     return FolderDataset(root, **kwargs)

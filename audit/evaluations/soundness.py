@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
-from audit.attacks import NATIVE_SPECS, build_attack, build_min_norm_attack, library_of
+from audit.attacks import build_attack, build_min_norm_attack, library_of, native_attack
 from audit.attacks.base import AttackContext, project
 from audit.attacks.radius import pixel_radii
 from audit.certify import joint, margins
@@ -83,7 +83,7 @@ class SoundnessResult:
 
 def _target_attack(name: str, steps: int) -> Any:
     params: dict[str, Any] = {}
-    if library_of(name) != "native" or "steps" in NATIVE_SPECS[name][1]:
+    if library_of(name) != "native" or "steps" in native_attack(name).defaults:
         params["steps"] = steps
     if name in ("pgd", "cospgd", "segpgd"):
         params["restarts"] = 1

@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from torch import nn
 
 from audit.errors import ConfigError, ModelError
@@ -226,9 +228,6 @@ def _load_export(
 def _load_safetensors(
     path: Path, factory: str | None, map_location: str | torch.device
 ) -> tuple[nn.Module, _Embedded]:
-    from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
-
     factory = _require_factory(factory, path, "a .safetensors file")
     try:
         with safe_open(str(path), framework="pt") as handle:

@@ -25,7 +25,7 @@ from audit.evaluations.attack import evaluate_noise, noise_key
 from audit.evaluations.certified import KAPPA, LipschitzCertification, smoothing_miou
 from audit.evaluations.clean import evaluate_clean
 from audit.metrics import finite_or_none
-from audit.record.diagnostics import attack_diagnostics
+from audit.record.diagnostics import CHECKS, attack_diagnostics
 from audit.record.images import write_adversarial_examples, write_examples
 from audit.record.writer import RunRecorder
 
@@ -135,6 +135,7 @@ def _attacks(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: b
     ]
     recorder.evaluations["attacks"] = entries
     recorder.diagnostics = attack_diagnostics(entries)
+    recorder.diagnostic_checks = dict(CHECKS)
     if min_norms:
         recorder.evaluations["min_norm"] = [min_norm_entry(e) for e in min_norms]
 

@@ -93,8 +93,10 @@ class RunRecorder:
         self.suites: list[dict[str, Any]] = []
         self.claims: dict[str, dict[str, Any]] = {}
         self.evaluations: dict[str, Any] = {}
-        #: findings that question the strength of the evaluation (audit.diagnostics)
+        #: findings that question the strength of the evaluation (audit.record.diagnostics)
         self.diagnostics: list[dict[str, Any]] = []
+        #: the checks behind ``diagnostics``, name -> what it expects (the report lists them)
+        self.diagnostic_checks: dict[str, str] = {}
         self.errors: list[dict[str, str]] = []
         #: the claim and the evaluation in progress (claims done are counted when written)
         self.progress: dict[str, Any] = {}
@@ -191,6 +193,7 @@ class RunRecorder:
             "claims": list(self.claims.values()),
             "evaluations": self.evaluations,
             "diagnostics": self.diagnostics,
+            "diagnostic_checks": self.diagnostic_checks,
         }
 
     def write(self, report_dir: Path, *, complete: bool) -> Path:

@@ -19,7 +19,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from audit.record.diagnostics import CHECKS
 from audit.report.accessors import as_list, claim_ref, mapping, recorded
 from audit.report.charts import (
     MARKERS,
@@ -44,7 +43,7 @@ from audit.report.format import (
 )
 
 # Re-exported: the palette, markers and checks a reader of this section's tests looks up here.
-__all__ = ["CHECKS", "MARKERS", "NOISE_COLOR", "PALETTE", "build_attacks"]
+__all__ = ["MARKERS", "NOISE_COLOR", "PALETTE", "build_attacks"]
 
 NOISE_COLOR = "#6e7781"
 
@@ -391,8 +390,10 @@ def _row(evaluation: _Evaluation, style: _Style, examples_anchor: str | None) ->
 
 def _diagnostics(results: Mapping[str, Any]) -> dict[str, Any]:
     raw = results.get("diagnostics")
-    checks = [{"name": name, "description": text} for name, text in CHECKS.items()]
-    if not isinstance(raw, list):
+    # the checks the run made, as it recorded them (a later version may check more)
+    recorded_checks = mapping(results.get("diagnostic_checks"))
+    checks = [{"name": str(k), "description": fmt_text(v)} for k, v in recorded_checks.items()]
+    if not isinstance(raw, list) or not (checks or raw):
         return {"recorded": False, "flags": [], "checks": checks}
     items = []
     for entry in raw:

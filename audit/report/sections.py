@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audit.errors import ConfigError
+from audit.registry import Registry
 from audit.report.attacks import build_attacks
 from audit.report.certificates import build_certificates
 from audit.report.clean import build_clean, build_confusion
@@ -35,7 +36,12 @@ class Section:
     build: SectionBuilder
 
 
-_SECTIONS: list[Section] = [
+#: the report's sections in page order; third parties add one through the
+#: ``segaudit.report_sections`` entry-point group (entry name = section key, value = Section)
+SECTIONS: Registry[Section] = Registry(
+    "report section", "segaudit.report_sections", name_of=lambda section: section.key
+)
+for _section in (
     Section("summary", "Summary", "_summary.html.j2", build_summary),
     Section("claims", "Claims", "_claims.html.j2", build_claims),
     Section("clean", "Clean evaluation", "_clean.html.j2", build_clean),
@@ -43,14 +49,15 @@ _SECTIONS: list[Section] = [
     Section("attacks", "Attacks", "_attacks.html.j2", build_attacks),
     Section("certificates", "Certificates", "_certificates.html.j2", build_certificates),
     Section("provenance", "Provenance", "_provenance.html.j2", build_provenance),
-]
+):
+    SECTIONS.register(_section)
 
 _KEY_PATTERN = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def sections() -> tuple[Section, ...]:
     """The registered sections, in page order."""
-    return tuple(_SECTIONS)
+    return tuple(section for _, section in SECTIONS.items())
 
 
 def register_section(
@@ -75,26 +82,21 @@ def register_section(
             source="register_section",
             key=key,
         )
-    if any(section.key == key for section in _SECTIONS):
+    if key in SECTIONS.names():
         raise ConfigError("a section with this key is already registered", key=key)
-    if before is not None and after is not None:
-        raise ConfigError("give at most one of before= and after=", key=key)
-    section = Section(key, title, template, build)
     anchor = before if before is not None else after
-    if anchor is None:
-        _SECTIONS.append(section)
-        return section
-    keys = [s.key for s in _SECTIONS]
-    if anchor not in keys:
+    if anchor is not None and anchor not in SECTIONS.names():
+        keys = list(SECTIONS.names())
         raise ConfigError(f"no section {anchor!r} to place it next to; have {keys}", key=key)
-    _SECTIONS.insert(keys.index(anchor) + (0 if before is not None else 1), section)
-    return section
+    try:
+        return SECTIONS.register(Section(key, title, template, build), before=before, after=after)
+    except ValueError as exc:
+        raise ConfigError(str(exc), key=key) from None
 
 
 def unregister_section(key: str) -> None:
     """Remove a section added with :func:`register_section` (tests, plugins being unloaded)."""
-    for index, section in enumerate(_SECTIONS):
-        if section.key == key:
-            del _SECTIONS[index]
-            return
-    raise ConfigError("no section with this key is registered", key=key)
+    try:
+        SECTIONS.unregister(key)
+    except KeyError:
+        raise ConfigError("no section with this key is registered", key=key) from None
