@@ -2,7 +2,8 @@
 
     python scripts/compare_records.py BEFORE/results.json AFTER/results.json
 
-Timestamps, durations, timings, the host, the command line and absolute paths are dropped;
+Timestamps, durations, timings, the host, the command line and absolute file paths (keys
+``path`` and ``source``) are dropped;
 everything else (verdicts, measured values, intervals, evidence, evaluations, diagnostics,
 provenance) must be equal.  Prints the differing paths and exits 1 if there are any.  Used
 to show that a refactoring leaves what an audit reports unchanged.
@@ -27,7 +28,9 @@ VOLATILE = frozenset(
         "seconds",
         "hostname",
         "command_line",
+        # absolute file paths (model, suites): the same files in two checkouts
         "path",
+        "source",
     }
 )
 
