@@ -19,7 +19,6 @@ from audit.config import DEMO_MODEL, resolve_settings
 from audit.errors import ConfigError, SegAuditError
 from audit.interrupts import describe_interruption
 from audit.record.writer import ensure_writable_dir
-from audit.report.format import fmt_resize
 
 if TYPE_CHECKING:
     from audit.claims import ClaimSpec
@@ -202,7 +201,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.pluginmanager.get_plugin("segaudit-run")
     if isinstance(run, AuditRun):
-        run.audit.sigterm.restore()
+        run.audit.interrupts.restore()
 
 
 def _audit(config: pytest.Config) -> AuditSession | None:
@@ -219,9 +218,9 @@ class AuditRun:
         self.report_dir: Path | None = None
         self.report_error: str | None = None
         self.interrupted_by: str | None = None
-        # The controller owns the record, so it alone turns SIGTERM into an interrupt.
+        # The controller owns the record, so it alone takes over SIGTERM and SIGINT.
         if not self.is_worker:
-            audit.sigterm.install()
+            audit.interrupts.install()
 
     def pytest_report_header(self) -> list[str]:
         trust = self.audit.recorder.provenance["trust_pickle"]
@@ -304,6 +303,9 @@ class AuditRun:
 
     def _write_output_resize(self, terminalreporter: Any) -> None:
         """One line, only when the model's logits were resized before scoring."""
+        # Lazy: the report package loads jinja2, which no run without --audit needs.
+        from audit.report.format import fmt_resize
+
         model = self.audit.recorder.provenance.get("model") or {}
         resize = fmt_resize(
             model.get("input_resolution"),

@@ -26,7 +26,7 @@ from audit.config import Settings
 from audit.data import open_dataset
 from audit.engine import Engine, resolve_device
 from audit.errors import ClaimTimeout, ModelError, SegAuditError
-from audit.interrupts import SigtermAsInterrupt, Terminated, describe_interruption, signal_name
+from audit.interrupts import InterruptSignals, Terminated, describe_interruption, signal_name
 from audit.metrics import finite_or_none
 from audit.model import ModelMetadata, load_model
 from audit.record.entries import summarise
@@ -88,8 +88,9 @@ class AuditSession:
         self._engine: Engine | None = None
         self._engine_error: SegAuditError | None = None
         self._last_progress_write = 0.0
-        #: SIGTERM as an interrupt; installed by whoever drives the run (plugin, run_audit)
-        self.sigterm = SigtermAsInterrupt()
+        #: SIGTERM and SIGINT as interrupts; installed by whoever drives the run (plugin,
+        #: run_audit)
+        self.interrupts = InterruptSignals()
 
     # -- the record while the run goes on -----------------------------------------------
     def checkpoint(self) -> None:
@@ -211,7 +212,7 @@ class AuditSession:
         Any other exception is recorded as the claim's error and propagates.
         """
         self.register(spec)
-        self.sigterm.raise_if_received()
+        self.interrupts.raise_if_received()
         self.recorder.progress = {"claim": spec.nodeid}
         self.checkpoint()
         start = time.perf_counter()
@@ -225,10 +226,10 @@ class AuditSession:
             self._record_interrupted(spec, start, signal_name(exc))
             raise
         except Exception as exc:
-            if self.sigterm.received is not None:
+            if self.interrupts.received is not None:
                 # a library turned the interrupt into an ordinary error: still an interrupt
-                self._record_interrupted(spec, start, self.sigterm.received)
-                raise Terminated(self.sigterm.received) from exc
+                self._record_interrupted(spec, start, self.interrupts.received)
+                raise Terminated(self.interrupts.received) from exc
             self.recorder.record_claim(
                 spec.nodeid,
                 verdict="error",
@@ -326,7 +327,7 @@ def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dic
     complete = False
     interrupted_by = None
     session.checkpoint()
-    with session.sigterm:
+    with session.interrupts:
         try:
             for spec in specs:
                 # recorded by check(); the next claim still runs

@@ -40,7 +40,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from audit.data.synthetic import STREET_CLASSES, SyntheticStreetScenes
-from audit.nets.lipschitz import AOLConv2d, ConvFactory, LipschitzSegNet, lipschitz_upper_bound
+from audit.nets.demo_fcn import AOLConv2d, ConvFactory, LipschitzSegNet, lipschitz_upper_bound
 
 # torch.jit is deprecated in favour of torch.export, but traced files are what SegAudit loads.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
@@ -52,7 +52,7 @@ INPUT_SIZE = (128, 256)
 BOUND_SLACK = 1e-4
 CONSTRUCTIONS = {
     "aoc": "orthogonal (orthogonium 0.0.4 AdaptiveOrthoConv2d, BCOP with QR, zero padding)",
-    "aol": "AOL-rescaled (Prach & Lampert 2022, audit.nets.lipschitz.AOLConv2d)",
+    "aol": "AOL-rescaled (Prach & Lampert 2022, audit.nets.demo_fcn.AOLConv2d)",
 }
 
 
@@ -275,7 +275,7 @@ def export(model: LipschitzSegNet, out: Path, val: tuple, construction: str) -> 
             "provable upper bound from the exported weights: PixelUnshuffle, PixelShuffle "
             "(permutations) and MaxMin contribute 1; each zero-padded nn.Conv2d contributes "
             "sqrt(max_i (A q)_i / q_i), A_ij = sum_t |(K^T*K)_ij(t)| for the conv or its "
-            "adjoint, whichever is smaller (weighted Schur test, float64, audit.nets.lipschitz."
+            "adjoint, whichever is smaller (weighted Schur test, float64, audit.nets.demo_fcn."
             f"conv_norm_upper_bound); convs trained as {CONSTRUCTIONS[construction]}; product "
             f"{lipschitz_raw:.9f} over {len(factors)} convs, times (1 + {BOUND_SLACK:g}) for "
             "rounding"

@@ -335,6 +335,7 @@ def test_sweep_items_pass_and_fail_with_sentences_and_evidence(
         result.stdout.fnmatch_lines([f"  {finding['check']}: *"])
     html = (pytester.path / "audit-report" / "index.html").read_text()
     assert "IoU ratio" in html and "<svg" in html
+    assert "No diagnostics were recorded" not in html  # the record names the checks it made
 
 
 def test_thresholds_are_overridden_from_the_command_line(

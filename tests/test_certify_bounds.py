@@ -24,7 +24,7 @@ from audit.certify.falsify import LowerBound, lipschitz_lower_bound
 from audit.certify.lipschitz import LipschitzBound, UnsupportedLayer, lipschitz_bound
 from audit.errors import EvaluationError
 from audit.model import ModelMetadata, SegmentationWrapper, load_model
-from audit.nets.lipschitz import MaxMin
+from audit.nets.demo_fcn import MaxMin
 from audit.resources import demo_model_file
 
 N = 8  # spatial size of the exact checks

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audit.nets.lipschitz import (
+from audit.nets.demo_fcn import (
     AOLConv2d,
     LipschitzSegNet,
     MaxMin,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from audit.nets.lipschitz import (
+from audit.nets.demo_fcn import (
     AOLConv2d,
     LipschitzSegNet,
     MaxMin,

@@ -45,7 +45,7 @@ Per layer (every number in float64 on CPU; exact singular values are inflated by
   (checked to reproduce the operator, which is separable).
 
 ``conv_norm_upper_bound`` evaluates the weighted Schur test (proved in
-:mod:`audit.nets.lipschitz`, whose AOL layers it bounds) for an arbitrary plain kernel (in
+:mod:`audit.nets.demo_fcn`, whose AOL layers it bounds) for an arbitrary plain kernel (in
 float64, with weights from power iteration), on the kernel and on its adjoint.  For an
 orthogonal kernel the adjoint (or direct) autocorrelation is the identity, so the bound is
 1 up to rounding.  ``MaxMin`` (GroupSort 2) is defined here, next to the constants of the
