@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import platform
-import re
 import socket
 import sys
 import time
@@ -17,8 +16,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from audit.budget import claim_budget
 from audit.claims import ClaimFailed, ClaimSpec, get_kind, judge
@@ -30,6 +27,7 @@ from audit.interrupts import InterruptSignals, Terminated, describe_interruption
 from audit.metrics import finite_or_none
 from audit.model import ModelMetadata, load_model
 from audit.record.entries import summarise
+from audit.record.evidence import save_evidence
 from audit.record.writer import RunRecorder, now_iso
 from audit.report import render_report
 from audit.resources import demo_model_file
@@ -244,7 +242,9 @@ class AuditSession:
         verdict = judge(spec, measurement)
         evidence = dict(measurement.evidence)
         if measurement.artifacts:
-            evidence["files"] = self._save_artifacts(spec, measurement.artifacts)
+            evidence["files"] = save_evidence(
+                self.settings.report_dir, spec.nodeid, measurement.artifacts
+            )
         entry = self.recorder.record_claim(
             spec.nodeid,
             verdict="passed" if verdict.passed else "failed",
@@ -271,19 +271,6 @@ class AuditSession:
             message=f"interrupted by {signal} after {elapsed:.1f} s",
             duration_s=round(elapsed, 4),
         )
-
-    def _save_artifacts(self, spec: ClaimSpec, artifacts: Any) -> dict[str, str]:
-        """Save a claim's arrays under ``<report>/evidence/<claim>/``; paths relative to the
-        report folder, so the report links them and the folder moves as a whole."""
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.nodeid).strip("-")
-        folder = self.settings.report_dir / "evidence" / slug
-        folder.mkdir(parents=True, exist_ok=True)
-        saved = {}
-        for name, array in artifacts.items():
-            path = folder / f"{name}.npy"
-            np.save(path, np.asarray(array))
-            saved[name] = str(path.relative_to(self.settings.report_dir))
-        return saved
 
     # -- the end ------------------------------------------------------------------------
     def finish(self, *, complete: bool, interrupted_by: str | None = None) -> Path:

@@ -628,3 +628,11 @@ def test_section_is_well_formed_and_escaped(report_dir: Path) -> None:
     assert not any(
         math.isnan(float(v)) for v in re.findall(r'(?<=[ ",])(-?\d+\.\d+)(?=[ ,"])', html)
     )
+
+
+def test_the_colour_bar_matches_the_colours_the_record_draws_radius_maps_with() -> None:
+    # The record draws the PNGs, the report the colour bar; the layers keep them apart, so
+    # this test keeps their two copies of the stops equal.
+    from audit.record.entries import _VIRIDIS
+
+    assert [c for _, c in VIRIDIS_STOPS] == ["#{:02x}{:02x}{:02x}".format(*rgb) for rgb in _VIRIDIS]

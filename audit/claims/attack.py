@@ -8,7 +8,6 @@ when the first item runs.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -16,69 +15,30 @@ import torch
 from audit import metrics
 from audit.attacks import COMMON_PARAMS, build_attack, check_name, library_of, native_attack
 from audit.claims import register
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, score_metric
+from audit.claims.base import ClaimSpec, Measurement, Where, score_metric
 from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
+from audit.claims.parsing import (
+    SweepKind,
+    checked,
+    metric_choices,
+    parse_epsilons,
+    parse_metric,
+    required,
+    sweep_of,
+    sweep_params,
+    threat_of,
+    whole_number,
+)
 from audit.evaluations.attack import evaluate_attack
 from audit.evaluations.clean import evaluate_clean
 from audit.metrics import finite_or_none
-from audit.threat import Epsilon, ThreatModel, epsilon_problem, parse_epsilon, parse_norm
+from audit.threat import parse_epsilon, parse_norm
 
 if TYPE_CHECKING:
     from audit.engine import Engine
 
 METRICS = ("miou", "pixel_accuracy", "mean_class_accuracy", "iou_ratio", "attack_success_rate")
-
-
-def parse_attack_metric(raw: Mapping[str, Any], where: Where) -> str:
-    metric = raw.get("metric")
-    valid = f"{', '.join(METRICS)} or {CLASS_METRIC_PREFIX}<class name>"
-    if metric is None:
-        raise where.error(f"missing; say which metric the claim is about ({valid})", "metric")
-    if not isinstance(metric, str):
-        raise where.error(f"expected a string ({valid}), got {metric!r}", key="metric")
-    if metric in METRICS or (
-        metric.startswith(CLASS_METRIC_PREFIX) and metric[len(CLASS_METRIC_PREFIX) :].strip()
-    ):
-        return metric
-    raise where.error(f"unknown metric {metric!r}; expected {valid}", key="metric")
-
-
-def parse_threat_keys(raw: Mapping[str, Any], where: Where) -> tuple[str, list[Epsilon]]:
-    """``norm`` (mandatory) and ``eps`` (one value or a non-empty list)."""
-    if "norm" not in raw:
-        raise where.error(
-            "missing: an epsilon means nothing without its norm; give norm = 'linf' or 'l2'",
-            key="norm",
-        )
-    try:
-        norm = parse_norm(raw["norm"])
-    except ValueError as exc:
-        raise where.error(str(exc), key="norm") from None
-    if "eps" not in raw:
-        raise where.error("missing; give an epsilon such as '4/255' or a list of them", "eps")
-    values = raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]]
-    if not values:
-        raise where.error("an empty list; give at least one epsilon", key="eps")
-    epsilons: list[Epsilon] = []
-    for value in values:
-        try:
-            eps = parse_epsilon(value)
-        except ValueError as exc:
-            raise where.error(str(exc), key="eps") from None
-        if any(e.value == eps.value for e in epsilons):
-            raise where.error(f"epsilon {eps.text} appears twice in the list", key="eps")
-        problem = epsilon_problem(norm, eps)
-        if problem is not None:
-            raise where.error(problem, key="eps")
-        epsilons.append(eps)
-    return norm, epsilons
-
-
-def _positive_int(raw: Mapping[str, Any], key: str, where: Where) -> int:
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise where.error(f"expected a whole number >= 1, got {value!r}", key=key)
-    return value
+_NORM_MISSING = "missing: an epsilon means nothing without its norm; give norm = 'linf' or 'l2'"
 
 
 def parse_attack_params(
@@ -94,12 +54,9 @@ def parse_attack_params(
         if key not in raw:
             continue
         if key in ("steps", "restarts"):
-            params[key] = _positive_int(raw, key, where)
+            params[key] = whole_number(raw, key, where)
         elif key == "step_size":
-            try:
-                params[key] = parse_epsilon(raw[key]).value
-            except ValueError as exc:
-                raise where.error(str(exc), key=key) from None
+            params[key] = checked(parse_epsilon, raw[key], where, key).value
         elif not isinstance(raw[key], bool):
             raise where.error(f"expected true or false, got {raw[key]!r}", key=key)
         else:
@@ -130,15 +87,6 @@ def parse_attack_params(
     return params
 
 
-def threat_of(params: Mapping[str, Any]) -> ThreatModel:
-    return ThreatModel(params["norm"], parse_epsilon(params["eps"]))
-
-
-def sweep_of(params: Mapping[str, Any]) -> list[ThreatModel]:
-    """Every threat model of the claim's sweep (``_sweep``: internal, not shown in reports)."""
-    return [ThreatModel(params["norm"], parse_epsilon(text)) for text in params["_sweep"]]
-
-
 def check_attack_params(spec: ClaimSpec) -> None:
     """Build the claim's attack once, before any work: a parameter it does not take is an
     error naming the key (a ``TypeError`` during the run is a bug, and reported as one)."""
@@ -150,14 +98,14 @@ def check_attack_params(spec: ClaimSpec) -> None:
 
 
 @register
-class AttackClaim(ClaimKind):
+class AttackClaim(SweepKind):
     name = "attack"
     keys: ClassVar[Mapping[str, str]] = {
         "attack": "a native attack (fgsm, fgsm-ll, ifgsm, ifgsm-ll, pgd, segpgd, cospgd, "
         "noise) or <library>:<name> (torchattacks:PGD, foolbox:LinfPGD, advlib:alma_prox)",
         "norm": "'linf' or 'l2' (mandatory)",
         "eps": "an epsilon ('4/255' or 0.0157) or a list of them (one item each)",
-        "metric": f"{', '.join(METRICS)} or {CLASS_METRIC_PREFIX}<class name>",
+        "metric": metric_choices(METRICS, CLASS_METRIC_PREFIX),
         "steps": "iterations (iterative attacks)",
         "step_size": "step per iteration, e.g. '1/255'",
         "restarts": "random restarts; each image keeps its worst (PGD family)",
@@ -167,34 +115,15 @@ class AttackClaim(ClaimKind):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
-        try:
-            attack = check_name(raw.get("attack"))
-        except ValueError as exc:
-            raise where.error(str(exc), key="attack") from None
-        norm, epsilons = parse_threat_keys(raw, where)
+        attack = checked(check_name, raw.get("attack"), where, "attack")
+        norm = checked(parse_norm, required(raw, "norm", where, _NORM_MISSING), where, "norm")
+        epsilons = parse_epsilons(raw, where, norm=norm)
         return {
             "attack": attack,
-            "norm": norm,
-            "eps": epsilons[0].text,
-            "_sweep": [e.text for e in epsilons],
-            "metric": parse_attack_metric(raw, where),
+            **sweep_params(norm, epsilons),
+            "metric": parse_metric(raw, where, METRICS, CLASS_METRIC_PREFIX),
             "attack_params": parse_attack_params(raw, attack, norm, where),
         }
-
-    @classmethod
-    def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
-        p = spec.params
-        if len(p["_sweep"]) == 1:
-            return [spec]
-        return [
-            replace(
-                spec,
-                id=f"{spec.id}[{p['norm']}-{text}]",
-                statement=f"{spec.statement} (at {p['norm']} eps={text})",
-                params={**p, "eps": text},
-            )
-            for text in p["_sweep"]
-        ]
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:

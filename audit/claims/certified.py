@@ -8,13 +8,20 @@ sweeps do, and the Lipschitz certifier computes the whole grid in one pass.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from audit.claims import register
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
+from audit.claims.base import ClaimSpec, Measurement, Where
 from audit.claims.certifiers import CERTIFIERS, CLASS_PREFIX, METRICS
-from audit.threat import ThreatModel, parse_epsilon
+from audit.claims.parsing import (
+    SweepKind,
+    metric_choices,
+    parse_epsilons,
+    parse_metric,
+    required,
+    sweep_params,
+    threat_of,
+)
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -58,86 +65,40 @@ def parse_certifier(raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
     return {"certifier": name, **certifier.parse(raw, where)}
 
 
-def parse_l2_radii(raw: Mapping[str, Any], where: Where) -> list[str]:
-    """``norm`` (must be given, and be ``l2``: certificates here are L2) and ``eps``."""
-    if "norm" not in raw:
-        raise where.error("missing: a radius means nothing without its norm; give 'l2'", "norm")
-    if raw["norm"] != "l2":
+def parse_l2_norm(raw: Mapping[str, Any], where: Where) -> str:
+    """``norm``: must be given, and be ``l2`` (certificates here are L2)."""
+    norm = required(
+        raw, "norm", where, "missing: a radius means nothing without its norm; give 'l2'"
+    )
+    if norm != "l2":
         raise where.error(
-            f"certificates are L2 radii; got norm {raw['norm']!r} (an Linf ball of radius e "
+            f"certificates are L2 radii; got norm {norm!r} (an Linf ball of radius e "
             "lies in the L2 ball of radius e*sqrt(3HW): state the L2 radius)",
             key="norm",
         )
-    if "eps" not in raw:
-        raise where.error("missing; give an L2 radius such as 0.1, or a list of them", "eps")
-    values = raw["eps"] if isinstance(raw["eps"], list) else [raw["eps"]]
-    if not values:
-        raise where.error("an empty list; give at least one radius", key="eps")
-    texts: list[str] = []
-    seen: set[float] = set()
-    for value in values:
-        try:
-            eps = parse_epsilon(value)
-        except ValueError as exc:
-            raise where.error(str(exc), key="eps") from None
-        if eps.value in seen:
-            raise where.error(f"radius {eps.text} appears twice in the list", key="eps")
-        seen.add(eps.value)
-        texts.append(eps.text)
-    return texts
-
-
-def expand_radii(spec: ClaimSpec) -> list[ClaimSpec]:
-    """One item per radius of a list, with ids like ``certified-pa[l2-0.1]``."""
-    radii = spec.params["_sweep"]
-    if len(radii) == 1:
-        return [spec]
-    return [
-        replace(
-            spec,
-            id=f"{spec.id}[l2-{text}]",
-            statement=f"{spec.statement} (at l2 eps={text})",
-            params={**spec.params, "eps": text},
-        )
-        for text in radii
-    ]
-
-
-def parse_certified_metric(raw: Mapping[str, Any], where: Where) -> str:
-    metric = raw.get("metric")
-    valid = f"{', '.join(METRICS)} or {CLASS_PREFIX}<class name>"
-    if not isinstance(metric, str):
-        raise where.error(f"missing or not a string; expected {valid}", key="metric")
-    if metric in METRICS or (metric.startswith(CLASS_PREFIX) and metric[len(CLASS_PREFIX) :]):
-        return metric
-    raise where.error(f"unknown metric {metric!r}; expected {valid}", key="metric")
+    return norm
 
 
 @register
-class CertifiedClaim(ClaimKind):
+class CertifiedClaim(SweepKind):
     name = "certified"
     keys: ClassVar[Mapping[str, str]] = CertifierKeys(
         {
             "norm": "'l2' (mandatory)",
             "eps": "an L2 radius in [0, 1] pixel space, or a list (one item each)",
-            "metric": f"{', '.join(METRICS)} or {CLASS_PREFIX}<class name>",
+            "metric": metric_choices(METRICS, CLASS_PREFIX),
         }
     )
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
-        radii = parse_l2_radii(raw, where)
+        norm = parse_l2_norm(raw, where)
+        radii = parse_epsilons(raw, where, norm=norm, what="radius")
         return {
             **parse_certifier(raw, where),
-            "norm": "l2",
-            "eps": radii[0],
-            "_sweep": radii,
-            "metric": parse_certified_metric(raw, where),
+            **sweep_params(norm, radii),
+            "metric": parse_metric(raw, where, METRICS, CLASS_PREFIX),
         }
-
-    @classmethod
-    def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
-        return expand_radii(spec)
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:
@@ -147,7 +108,7 @@ class CertifiedClaim(ClaimKind):
 def measure_certified(spec: ClaimSpec, engine: Engine) -> Measurement:
     """The claimed certified metric at the claim's radius, from the named certifier."""
     p = spec.params
-    threat = ThreatModel("l2", parse_epsilon(p["eps"]))
+    threat = threat_of(p)
     # Before any pass, against the first image: some certifiers' passes are expensive.
     engine.check_radius(threat)
     return CERTIFIERS.get(p["certifier"]).measure(spec, engine, threat.eps.value, p["metric"])

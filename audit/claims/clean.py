@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from audit.claims import register
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, score_metric
+from audit.claims.parsing import metric_choices, parse_metric
 from audit.evaluations.clean import evaluate_clean
 
 if TYPE_CHECKING:
@@ -25,31 +26,16 @@ def describe_metric(metric: str) -> str:
     )
 
 
-def parse_metric(raw: Mapping[str, Any], where: Where) -> str:
-    """Validate a ``metric`` key naming a clean-prediction metric."""
-    metric = raw.get("metric")
-    if metric is None:
-        raise where.error("missing; say which metric the claim is about", key="metric")
-    valid = f"{', '.join(METRICS)} or {CLASS_METRIC_PREFIX}<class name>"
-    if not isinstance(metric, str):
-        raise where.error(f"expected a string ({valid}), got {metric!r}", key="metric")
-    if metric in METRICS:
-        return metric
-    if metric.startswith(CLASS_METRIC_PREFIX) and metric[len(CLASS_METRIC_PREFIX) :].strip():
-        return metric
-    raise where.error(f"unknown metric {metric!r}; expected {valid}", key="metric")
-
-
 @register
 class CleanClaim(ClaimKind):
     name = "clean"
     keys: ClassVar[Mapping[str, str]] = {
-        "metric": "miou, pixel_accuracy, mean_class_accuracy or class_iou:<class name>"
+        "metric": metric_choices(METRICS, CLASS_METRIC_PREFIX)
     }
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
-        return {"metric": parse_metric(raw, where)}
+        return {"metric": parse_metric(raw, where, METRICS, CLASS_METRIC_PREFIX)}
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:

@@ -2,6 +2,7 @@
 
 ``writer`` keeps the record and writes it atomically (torch-free: the pytest plugin uses
 it before anything heavy loads); ``entries`` summarises the engine's logged evaluations,
-``images`` draws the example images, ``diagnostics`` questions the attacks' strength.  The
+``images`` draws the example images, ``evidence`` saves a claim's arrays (counterexamples),
+``diagnostics`` questions the attacks' strength.  The
 report (:mod:`audit.report`) reads only what these write.
 """

@@ -19,7 +19,8 @@ from audit.report.format import finite, fmt_short, fmt_sig, fmt_tick
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
 #: Marker shapes cycle independently of colours, so lines differ by more than hue.
 MARKERS = ("circle", "square", "triangle", "diamond", "triangle-down", "plus")
-#: viridis at five stops, as the engine renders the radius maps (audit.record.entries._VIRIDIS)
+#: viridis at five stops, as the record draws the radius maps (audit.record.entries._VIRIDIS;
+#: tests/test_report_certificates.py keeps the two equal)
 VIRIDIS_STOPS = (
     (0.0, "#440154"),
     (0.25, "#3b528b"),
