@@ -228,7 +228,9 @@ def not_utf8(exc: UnicodeDecodeError) -> str:
     )
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML file at ``path``; an unreadable or malformed file is a :class:`ConfigError`
+    naming it."""
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
@@ -246,7 +248,7 @@ def file_settings(rootdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
     sources: dict[str, str] = {}
     pyproject = rootdir / "pyproject.toml"
     if pyproject.is_file():
-        table = _read_toml(pyproject).get("tool", {}).get("segaudit")
+        table = read_toml(pyproject).get("tool", {}).get("segaudit")
         if table is not None:
             if not isinstance(table, Mapping):
                 raise ConfigError("[tool.segaudit] must be a table", source=str(pyproject))
@@ -255,7 +257,7 @@ def file_settings(rootdir: Path) -> tuple[dict[str, Any], dict[str, str]]:
             sources.update(dict.fromkeys(found, str(pyproject)))
     audit_toml = rootdir / "audit.toml"
     if audit_toml.is_file():
-        found = settings_from_mapping(_read_toml(audit_toml), source=str(audit_toml))
+        found = settings_from_mapping(read_toml(audit_toml), source=str(audit_toml))
         values.update(found)
         sources.update(dict.fromkeys(found, str(audit_toml)))
     return values, sources

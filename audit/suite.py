@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 
 from audit.claims import ClaimSpec, Threshold, Where, get_kind, known_kinds
 from audit.claims.base import COMMON_KEYS, STATISTICS
-from audit.config import not_utf8
+from audit.config import read_toml
 from audit.errors import ConfigError
 from audit.limits import check_ceilings, parse_timeout
 from audit.resources import suites_dir
@@ -67,16 +66,7 @@ def resolve_suite_ref(ref: str, *, base_dir: Path) -> Path:
 def load_suite(ref: str | Path, *, base_dir: Path | None = None) -> Suite:
     """Read and validate a suite given by built-in name or path."""
     path = resolve_suite_ref(str(ref), base_dir=base_dir or Path.cwd())
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"not valid TOML: {exc}", source=str(path)) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(not_utf8(exc), source=str(path)) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from exc
-    return parse_suite(data, path=path)
+    return parse_suite(read_toml(path), path=path)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: Where) -> float | None:

@@ -282,7 +282,7 @@ def test_find_cycles_reports_a_path() -> None:
     assert find_cycles({"a": {"b": ""}}) == []
 
 
-@pytest.mark.parametrize("module", ["audit", "audit.plugin"])
+@pytest.mark.parametrize("module", ["audit", "audit.plugin", "audit.claims.parsing"])
 def test_import_does_not_load_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run(

@@ -62,6 +62,17 @@ class Attack(ABC):
         threat: ThreatModel,
         ctx: AttackContext,
     ) -> torch.Tensor:
+        return self.within(threat, images, lambda x: self.run(x, labels, threat=threat, ctx=ctx))
+
+    def within(
+        self,
+        threat: ThreatModel,
+        images: torch.Tensor,
+        attack: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``attack`` of the detached ``images`` projected onto the ball and [0, 1]: the
+        shared work of ``__call__``, for :meth:`grid` overrides too.  A norm the attack does
+        not support is a ``ValueError``; at eps 0 the images come back and nothing runs."""
         if threat.norm not in self.norms:
             raise ValueError(
                 f"attack {self.name!r} supports {', '.join(self.norms)}, not {threat.norm}"
@@ -69,8 +80,7 @@ class Attack(ABC):
         images = images.detach()
         if threat.eps.value == 0:
             return images.clone()
-        adv = self.run(images, labels, threat=threat, ctx=ctx)
-        return project(adv.detach(), images, threat)
+        return project(attack(images).detach(), images, threat)
 
     def grid(
         self,

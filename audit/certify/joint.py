@@ -63,8 +63,23 @@ def _grid(eps_grid: EpsGrid, lipschitz: float, kappa: float, device: torch.devic
     return budget.reshape(-1)
 
 
-def _labelled(labels: torch.Tensor, num_classes: int, ignore_index: int | None) -> torch.Tensor:
-    """Mask of labelled pixels; labels outside [0, K) that are not ignored raise."""
+def _labelled_costs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lipschitz: float,
+    eps_grid: EpsGrid,
+    ignore_index: int | None,
+    kappa: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The E budgets, the N x H x W predictions and flip costs, and the mask of labelled
+    pixels; labels of the wrong shape, or outside [0, K) and not ignored, raise."""
+    if labels.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape)}"
+        )
+    budget = _grid(eps_grid, lipschitz, kappa, logits.device)
+    pred, cost = flip_costs(logits)
+    num_classes = logits.shape[1]
     keep = (
         torch.ones_like(labels, dtype=torch.bool)
         if ignore_index is None
@@ -74,14 +89,22 @@ def _labelled(labels: torch.Tensor, num_classes: int, ignore_index: int | None) 
     if bool(bad.any()):
         values = sorted(set(labels[bad].unique().tolist()))
         raise ValueError(f"labels hold {values} outside [0, {num_classes}) and not ignored")
-    return keep
+    return budget, pred, cost, keep
 
 
-def _check_labels(logits: torch.Tensor, labels: torch.Tensor) -> None:
-    if labels.shape != (logits.shape[0], *logits.shape[2:]):
-        raise ValueError(
-            f"labels shape {tuple(labels.shape)} does not match logits {tuple(logits.shape)}"
-        )
+def _counted(cost: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The pixels counted, N x HW bool: ``mask`` (N x H x W, the shape of ``cost``), or all."""
+    if mask is None:
+        mask = torch.ones_like(cost, dtype=torch.bool)
+    if mask.shape != cost.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(cost.shape)}")
+    return mask.reshape(cost.shape[0], -1)
+
+
+def _pad_flips(flips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``f(t)`` tables padded to the widest along ``t`` with -1 (unaffordable)."""
+    width = max(f.shape[-1] for f in flips)
+    return [torch.nn.functional.pad(f, (0, width - f.shape[-1]), value=-1) for f in flips]
 
 
 def _prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -111,10 +134,9 @@ def certified_pixel_accuracy_counts(
     :func:`audit.metrics.ratio_of_sums` gives the dataset's certified pixel accuracy.  At
     ``eps = 0`` column 0 is the clean correct count minus exact ties (margin 0).
     """
-    _check_labels(logits, labels)
-    budget = _grid(eps_grid, lipschitz, kappa, logits.device)
-    pred, cost = flip_costs(logits)
-    keep = _labelled(labels, logits.shape[1], ignore_index)
+    budget, pred, cost, keep = _labelled_costs(
+        logits, labels, lipschitz, eps_grid, ignore_index, kappa
+    )
     n = logits.shape[0]
     cost = cost.reshape(n, -1)
     correct = (keep & (pred == labels)).reshape(n, -1)
@@ -145,11 +167,7 @@ def certified_fraction_counts(
     budget = _grid(eps_grid, lipschitz, kappa, logits.device)
     _, cost = flip_costs(logits)
     n = logits.shape[0]
-    if mask is None:
-        mask = torch.ones_like(cost, dtype=torch.bool)
-    if mask.shape != cost.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(cost.shape)}")
-    mask = mask.reshape(n, -1)
+    mask = _counted(cost, mask)
     eps = torch.as_tensor(eps_grid, dtype=torch.float64, device=logits.device).reshape(-1)
     single = is_certified(logits, lipschitz, eps, kappa=kappa).reshape(n, eps.numel(), -1)
     individual = (single & mask.unsqueeze(1)).sum(-1)
@@ -181,11 +199,7 @@ def robustness_at_alpha(
         raise ValueError(f"alpha must lie in [0, 1], got {alpha!r}")
     _, cost = flip_costs(logits)
     n = logits.shape[0]
-    if mask is None:
-        mask = torch.ones_like(cost, dtype=torch.bool)
-    if mask.shape != cost.shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(cost.shape)}")
-    mask = mask.reshape(n, -1)
+    mask = _counted(cost, mask)
     counted = mask.sum(1)
     # the 1e-12 keeps alpha * n = 3.0000000000000004 from asking for a fourth pixel
     k = torch.ceil(counted.to(torch.float64) * float(alpha) * (1.0 - 1e-12)).long()
@@ -239,17 +253,12 @@ class IoUProfile:
                 raise ValueError("profiles use different epsilon grids")
             if p.tp.shape[1] != first.tp.shape[1]:
                 raise ValueError("profiles have different numbers of classes")
-        width = max(p.flips.shape[-1] for p in profiles)
-        flips = [
-            torch.nn.functional.pad(p.flips, (0, width - p.flips.shape[-1]), value=-1)
-            for p in profiles
-        ]
         return cls(
             tp=torch.cat([p.tp for p in profiles]),
             fn=torch.cat([p.fn for p in profiles]),
             fp=torch.cat([p.fp for p in profiles]),
             labelled=torch.cat([p.labelled for p in profiles]),
-            flips=torch.cat(flips),
+            flips=torch.cat(_pad_flips([p.flips for p in profiles])),
             eps=first.eps,
         )
 
@@ -289,11 +298,10 @@ def iou_profile(
     ``(max_{j != k} z_j - z_k)^2 / 2``.  These are least squared output displacements, so the
     profile's attacker is at least as strong as any real one within ``eps``.
     """
-    _check_labels(logits, labels)
-    budget = _grid(eps_grid, lipschitz, kappa, logits.device)
-    pred, cost = flip_costs(logits)
+    budget, pred, cost, keep = _labelled_costs(
+        logits, labels, lipschitz, eps_grid, ignore_index, kappa
+    )
     num_classes = logits.shape[1]
-    keep = _labelled(labels, num_classes, ignore_index)
     n, e = logits.shape[0], budget.numel()
     z = logits.detach().to(torch.float64).reshape(n, num_classes, -1)
     top = z.amax(dim=1)
@@ -316,17 +324,12 @@ def iou_profile(
         left = budget.view(1, e, 1) - spent.view(n, 1, width)
         f = torch.searchsorted(joins, left.reshape(n, -1).contiguous(), right=True)
         per_class.append(torch.where(left >= 0, f.reshape(n, e, width), -1))
-    width = max(f.shape[-1] for f in per_class)
-    flips = torch.stack(
-        [torch.nn.functional.pad(f, (0, width - f.shape[-1]), value=-1) for f in per_class],
-        dim=2,
-    )
     return IoUProfile(
         tp=torch.stack(tps, 1),
         fn=torch.stack(fns, 1),
         fp=torch.stack(fps, 1),
         labelled=keep.sum(1),
-        flips=flips,
+        flips=torch.stack(_pad_flips(per_class), dim=2),
         eps=torch.as_tensor(eps_grid, dtype=torch.float64, device=logits.device).reshape(-1),
     )
 

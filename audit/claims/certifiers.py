@@ -18,11 +18,11 @@ import torch
 from audit import metrics
 from audit.certify import joint
 from audit.claims.base import ClaimSpec, Measurement, Where
+from audit.claims.parsing import sweep_of, threat_of, whole_number
 from audit.errors import ConfigError
 from audit.evaluations.certified import certify_lipschitz, certify_smoothing, smoothing_miou
 from audit.evaluations.lipschitz import KAPPA
 from audit.registry import Registry
-from audit.threat import ThreatModel, parse_epsilon
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -92,8 +92,8 @@ class LipschitzCertifier(Certifier):
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine, eps: float, metric: str) -> Measurement:
         p = spec.params
-        threat = ThreatModel("l2", parse_epsilon(p["eps"]))
-        radii = [parse_epsilon(t).value for t in p["_sweep"]]
+        threat = threat_of(p)
+        radii = [t.eps.value for t in sweep_of(p)]
         cert = certify_lipschitz(engine, p["lipschitz"], radii)
         # The pass (shared by the whole sweep, so not refused inside it) knows every image's size.
         for height, width in sorted(set(cert.resolutions)):
@@ -159,9 +159,7 @@ class SmoothingCertifier(Certifier):
             if key in raw:
                 config[key] = raw[key]
         for key in ("n", "n0"):
-            value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise where.error(f"expected a whole number >= 1, got {value!r}", key=key)
+            whole_number(config, key, where)
         for key, low, high in (("sigma", 0.0, None), ("tau", 0.5, 1.0), ("alpha", 0.0, 1.0)):
             value = config[key]
             if isinstance(value, bool) or not isinstance(value, int | float):

@@ -29,9 +29,7 @@ def describe_metric(metric: str) -> str:
 @register
 class CleanClaim(ClaimKind):
     name = "clean"
-    keys: ClassVar[Mapping[str, str]] = {
-        "metric": metric_choices(METRICS, CLASS_METRIC_PREFIX)
-    }
+    keys: ClassVar[Mapping[str, str]] = {"metric": metric_choices(METRICS, CLASS_METRIC_PREFIX)}
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from audit.attacks import build_min_norm_attack, check_name, library_of
 from audit.claims import register
 from audit.claims.attack import parse_attack_params
 from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where
+from audit.claims.parsing import checked, required, whole_number
 from audit.evaluations.min_norm import evaluate_min_norm
 from audit.metrics import finite_or_none
 from audit.threat import parse_norm
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from audit.engine import Engine
 
 RADII = ("pixel", "image")
+_NORM_MISSING = "missing: a radius needs its norm; give 'linf' or 'l2'"
 
 
 def _fraction(raw: Mapping[str, Any], key: str, default: float, where: Where) -> float:
@@ -59,28 +61,18 @@ class MinNormClaim(ClaimKind):
 
     @classmethod
     def parse(cls, raw: Mapping[str, Any], where: Where) -> dict[str, Any]:
-        try:
-            attack = check_name(raw.get("attack"))
-        except ValueError as exc:
-            raise where.error(str(exc), key="attack") from None
+        attack = checked(check_name, raw.get("attack"), where, "attack")
         if library_of(attack) != "advlib":
             raise where.error(
                 f"{attack!r} is not a minimal-norm attack; use advlib:alma_prox, advlib:dag, "
                 "advlib:pdgd, advlib:pdpgd or advlib:asma",
                 key="attack",
             )
-        if "norm" not in raw:
-            raise where.error("missing: a radius needs its norm; give 'linf' or 'l2'", "norm")
-        try:
-            norm = parse_norm(raw["norm"])
-        except ValueError as exc:
-            raise where.error(str(exc), key="norm") from None
+        norm = checked(parse_norm, required(raw, "norm", where, _NORM_MISSING), where, "norm")
         radius = raw.get("radius", "pixel")
         if radius not in RADII:
             raise where.error(f"expected 'pixel' or 'image', got {radius!r}", key="radius")
-        steps = raw.get("radius_steps", 32)
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
-            raise where.error(f"expected a whole number >= 2, got {steps!r}", "radius_steps")
+        steps = whole_number(raw, "radius_steps", where, default=32, low=2)
         params = parse_attack_params(
             {k: v for k, v in raw.items() if k in ("steps", "params")}, attack, norm, where
         )

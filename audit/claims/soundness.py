@@ -15,13 +15,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from audit.attacks import check_name
 from audit.claims import register
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Threshold, Where
-from audit.claims.certified import (
-    CertifierKeys,
-    expand_radii,
-    parse_certifier,
-    parse_l2_radii,
-)
+from audit.claims.base import ClaimSpec, Measurement, Threshold, Where
+from audit.claims.certified import CertifierKeys, parse_certifier, parse_l2_norm
+from audit.claims.parsing import SweepKind, checked, parse_epsilons, sweep_params, whole_number
 from audit.evaluations.soundness import check_soundness
 
 if TYPE_CHECKING:
@@ -29,10 +25,12 @@ if TYPE_CHECKING:
 
 #: the attack set of the issue: PGD-L2, CosPGD-L2, a minimal-norm attack, a random search
 DEFAULT_ATTACKS = ("pgd", "cospgd", "advlib:pdpgd", "search")
+#: the attacks' budgets, by key, with their defaults
+BUDGETS = {"steps": 50, "min_norm_steps": 200, "search_examples": 40}
 
 
 @register
-class CertificateSoundnessClaim(ClaimKind):
+class CertificateSoundnessClaim(SweepKind):
     name = "certificate_soundness"
     value_range = None
     #: the measured value is the number of violations: any one fails the claim
@@ -63,38 +61,23 @@ class CertificateSoundnessClaim(ClaimKind):
                 key="certifier",
             )
         certifier = parse_certifier(raw, where)
-        radii = parse_l2_radii(raw, where)
+        norm = parse_l2_norm(raw, where)
+        radii = parse_epsilons(raw, where, norm=norm, what="radius")
         attacks = raw.get("attacks", list(DEFAULT_ATTACKS))
         if not isinstance(attacks, list) or not attacks:
             raise where.error("expected a non-empty list of attack names", key="attacks")
-        names: list[str] = []
-        for attack in attacks:
-            if attack == "search":
-                names.append("search")
-                continue
-            try:
-                names.append(check_name(attack))
-            except ValueError as exc:
-                raise where.error(str(exc), key="attacks") from None
-        for key, default in (("steps", 50), ("min_norm_steps", 200), ("search_examples", 40)):
-            value = raw.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise where.error(f"expected a whole number >= 1, got {value!r}", key=key)
+        names = [
+            attack if attack == "search" else checked(check_name, attack, where, "attacks")
+            for attack in attacks
+        ]
+        counts = {key: whole_number(raw, key, where, default=n) for key, n in BUDGETS.items()}
         return {
             **certifier,
-            "norm": "l2",
-            "eps": radii[0],
-            "_sweep": radii,
+            **sweep_params(norm, radii),
             "attacks": names,
-            "steps": raw.get("steps", 50),
-            "min_norm_steps": raw.get("min_norm_steps", 200),
-            "search_examples": raw.get("search_examples", 40),
+            **counts,
             "metric": "violations",
         }
-
-    @classmethod
-    def expand(cls, spec: ClaimSpec) -> list[ClaimSpec]:
-        return expand_radii(spec)
 
     @classmethod
     def measure(cls, spec: ClaimSpec, engine: Engine) -> Measurement:

@@ -149,6 +149,27 @@ class Counters:
         )
 
 
+def attack_context(
+    engine: Engine, generator: torch.Generator, counters: Counters | None = None
+) -> AttackContext:
+    """What an attack needs to run on ``engine``'s model: its counted forward pass, the
+    dataset's classes and ignore label, ``generator``, and the engine's step watch (progress
+    and time budget).  With ``counters``, backward passes are counted and every input
+    gradient is watched (gradient health); without, neither is."""
+    return AttackContext(
+        model=engine.attack_forward(counters.count_backward if counters is not None else _ignore),
+        ignore_index=engine.ignore_index,
+        num_classes=engine.num_classes,
+        generator=generator,
+        on_gradient=counters.watch if counters is not None else _ignore,
+        on_step=engine.attack_step,
+    )
+
+
+def _ignore(grad: torch.Tensor) -> None:
+    pass
+
+
 class _Accumulator:
     """Per-image state of one threat model, filled batch by batch."""
 
@@ -321,14 +342,8 @@ def run_attack(
         # Each batch knows its size: an L2 radius beyond its diameter is refused before work.
         for threat in threats:
             engine.check_radius(threat, batch.images.shape[1:])
-        generator = engine.generator(name, sorted(attack.params.items()), b)
-        ctx = AttackContext(
-            model=engine.attack_forward(counters.count_backward),
-            ignore_index=engine.ignore_index,
-            num_classes=engine.num_classes,
-            generator=generator,
-            on_gradient=counters.watch,
-            on_step=engine.attack_step,
+        ctx = attack_context(
+            engine, engine.generator(name, sorted(attack.params.items()), b), counters
         )
         with torch.no_grad():
             # No read-back before the attack: the host queues the attack's kernels while the

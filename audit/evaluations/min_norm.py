@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from audit.attacks import build_min_norm_attack
-from audit.attacks.base import AttackContext, MinNormAttack
+from audit.attacks.base import MinNormAttack
 from audit.attacks.radius import image_radius, pixel_radii
 from audit.errors import EvaluationError
-from audit.evaluations.attack import Counters
+from audit.evaluations.attack import Counters, attack_context
 from audit.evaluations.guard import ModelGuard
 
 if TYPE_CHECKING:
@@ -95,15 +95,8 @@ def run_min_norm(
     reached: list[torch.Tensor] = []
     start = time.perf_counter()
     for b, batch in enumerate(engine.batches()):
-        generator = engine.generator(name, sorted(attack.params.items()), b)
-        model = engine.attack_forward(counters.count_backward)
-        ctx = AttackContext(
-            model=model,
-            ignore_index=engine.ignore_index,
-            num_classes=engine.num_classes,
-            generator=generator,
-            on_gradient=counters.watch,
-            on_step=engine.attack_step,
+        ctx = attack_context(
+            engine, engine.generator(name, sorted(attack.params.items()), b), counters
         )
         adv = attack(batch.images, batch.masks, norm=norm, ctx=ctx)
         labelled = batch.masks != engine.ignore_index
@@ -111,7 +104,7 @@ def run_min_norm(
             clean_pred = engine.forward(batch.images, batch.names).argmax(1)
             adv_pred = engine.forward(adv, batch.names).argmax(1)
             radii = pixel_radii(
-                _no_grad(model),
+                _no_grad(ctx.model),
                 batch.images,
                 adv,
                 norm=norm,

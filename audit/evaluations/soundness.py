@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from hypothesis.errors import NoSuchExample
 
 from audit.attacks import build_attack, build_min_norm_attack, library_of, native_attack
-from audit.attacks.base import AttackContext, project
+from audit.attacks.base import project
 from audit.attacks.radius import pixel_radii
 from audit.certify import joint, margins
+from audit.evaluations.attack import attack_context
 from audit.evaluations.lipschitz import KAPPA, resolve_lipschitz
 from audit.threat import ThreatModel, parse_epsilon
 
@@ -185,19 +186,13 @@ def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
             kappa=KAPPA,
         )[:, 0, 0]
         labelled = batch.masks != engine.ignore_index
-        model = engine.attack_forward(lambda grad: None)
-        generator = engine.generator("soundness", p["eps"], b)
         # The attacks aim at the certified pixels only: flipping an uncertified pixel proves
         # nothing, and a loss spread over every pixel dilutes the gradient towards them.
         sentinel = max(255, engine.num_classes)
         aimed = torch.where(certified, target, torch.full_like(target, sentinel))
-        ctx = AttackContext(
-            model=model,
-            ignore_index=sentinel,
-            num_classes=engine.num_classes,
-            generator=generator,
-            on_step=engine.attack_step,
-        )
+        ctx = attack_context(engine, engine.generator("soundness", p["eps"], b))
+        ctx = dataclasses.replace(ctx, ignore_index=sentinel)
+        model = ctx.model
         n_certified = int(certified.sum())
         for name, check in checks.items():
             check.certified_pixels += n_certified

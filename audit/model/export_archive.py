@@ -33,7 +33,7 @@ import tempfile
 import zipfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +125,8 @@ def _plan(path: Path, archive: zipfile.ZipFile, trust_pickle: bool) -> _Plan:
     # identified by its name.
     payloads: set[str] = set()
     for model in models:
-        payloads |= _weights_config(path, archive, plan, model, members, trust_pickle)
-        payloads |= _constants_config(path, archive, plan, model, members, trust_pickle)
+        for kind in _PAYLOAD_KINDS:
+            payloads |= _payloads(path, archive, plan, members, kind, model, trust_pickle)
         plan.replace[root + _MODEL_FILE.format(model)] = _model_json(
             path, archive, root + _MODEL_FILE.format(model), trust_pickle
         )
@@ -208,56 +208,64 @@ def _config_entries(path: Path, archive: zipfile.ZipFile, member: str) -> dict[s
     return entries
 
 
-def _weights_config(
+@dataclass(frozen=True)
+class _PayloadKind:
+    """Payload files named by a per-model config: the config, the folder of the files, and
+    why torch would unpickle one (``None`` where it reads raw tensor bytes)."""
+
+    config: str
+    directory: str
+    pickled: Callable[[str, dict], str | None]
+
+
+def _pickled_weight(name: str, entry: dict) -> str | None:
+    if entry.get("use_pickle") is False:
+        return None
+    return f"weight {name!r}, stored pickled"
+
+
+def _pickled_constant(name: str, entry: dict) -> str | None:
+    file_name = entry["path_name"]
+    if file_name.startswith(_TENSOR_CONSTANT):
+        if entry.get("use_pickle") is False:
+            return None
+        kind = "a tensor stored pickled"
+    elif file_name.startswith(_TORCHBIND_CONSTANT):
+        kind = "a pickled TorchBind object"
+    elif file_name.startswith(_OPAQUE_CONSTANT):
+        kind = "a pickled Python object"
+    else:
+        kind = "of a kind SegAudit does not know how torch reads"
+    return f"constant {name!r}, {kind}"
+
+
+_PAYLOAD_KINDS = (
+    _PayloadKind(_WEIGHTS_CONFIG, _WEIGHTS_DIR, _pickled_weight),
+    _PayloadKind(_CONSTANTS_CONFIG, _CONSTANTS_DIR, _pickled_constant),
+)
+
+
+def _payloads(
     path: Path,
     archive: zipfile.ZipFile,
     plan: _Plan,
-    model: str,
     members: set[str],
+    kind: _PayloadKind,
+    model: str,
     trust_pickle: bool,
 ) -> set[str]:
-    """The weight files ``model``'s config names; pickled ones are refused unless trusted."""
-    config = _WEIGHTS_CONFIG.format(model)
+    """The files of ``kind`` that ``model``'s config names; pickled ones are refused unless
+    trusted."""
+    config = kind.config.format(model)
     if config not in members:
-        return set()  # torch refuses the program itself
+        return set()  # torch reads none (and, without weights, refuses the program itself)
     named = set()
     for name, entry in _config_entries(path, archive, plan.root + config).items():
-        member = _WEIGHTS_DIR + entry["path_name"]
+        member = kind.directory + entry["path_name"]
         named.add(member)
-        if entry.get("use_pickle") is not False and not trust_pickle:
-            plan.refused.append(f"{plan.root}{member} (weight {name!r}, stored pickled)")
-    return named
-
-
-def _constants_config(
-    path: Path,
-    archive: zipfile.ZipFile,
-    plan: _Plan,
-    model: str,
-    members: set[str],
-    trust_pickle: bool,
-) -> set[str]:
-    """The constant files ``model``'s config names; pickled ones are refused unless trusted."""
-    config = _CONSTANTS_CONFIG.format(model)
-    if config not in members:
-        return set()
-    named = set()
-    for name, entry in _config_entries(path, archive, plan.root + config).items():
-        file_name = entry["path_name"]
-        member = _CONSTANTS_DIR + file_name
-        named.add(member)
-        raw = file_name.startswith(_TENSOR_CONSTANT) and entry.get("use_pickle") is False
-        if raw or trust_pickle:
-            continue
-        if file_name.startswith(_TENSOR_CONSTANT):
-            kind = "a tensor stored pickled"
-        elif file_name.startswith(_TORCHBIND_CONSTANT):
-            kind = "a pickled TorchBind object"
-        elif file_name.startswith(_OPAQUE_CONSTANT):
-            kind = "a pickled Python object"
-        else:
-            kind = "of a kind SegAudit does not know how torch reads"
-        plan.refused.append(f"{plan.root}{member} (constant {name!r}, {kind})")
+        why = kind.pickled(name, entry)
+        if why is not None and not trust_pickle:
+            plan.refused.append(f"{plan.root}{member} ({why})")
     return named
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 CHECKS: dict[str, str] = {
@@ -117,79 +117,71 @@ def _not_monotonic(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
     return out
 
 
-def _low_success(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for members in _by_group(entries).values():
-        top = members[-1]
-        large = LARGE_EPS.get(str(top.get("norm")))
-        success = top.get("success_rate")
-        if (
-            top.get("family") == "iterative"
-            and large is not None
-            and float(top["eps"]) >= large
-            and isinstance(success, int | float)
-            and success < LOW_SUCCESS
-        ):
-            out.append(
-                _finding(
-                    "low_success",
-                    top,
-                    f"{top.get('attack')} flips only {success:.0%} of the correctly "
-                    f"classified pixels at its largest epsilon ({_where(top)}); an attack "
-                    "this large should flip nearly all of them",
-                )
+def _each(
+    check: str,
+    entries: Sequence[Mapping[str, Any]],
+    message: Callable[[Mapping[str, Any]], str | None],
+) -> list[dict[str, Any]]:
+    """The findings of a check that reads one entry at a time: ``message`` says what is
+    wrong with an entry, or ``None``."""
+    return [_finding(check, e, text) for e in entries if (text := message(e)) is not None]
+
+
+def _low_success(top: Mapping[str, Any]) -> str | None:
+    """``top``: the entry of a group's largest epsilon."""
+    large = LARGE_EPS.get(str(top.get("norm")))
+    success = top.get("success_rate")
+    if (
+        top.get("family") == "iterative"
+        and large is not None
+        and float(top["eps"]) >= large
+        and isinstance(success, int | float)
+        and success < LOW_SUCCESS
+    ):
+        return (
+            f"{top.get('attack')} flips only {success:.0%} of the correctly "
+            f"classified pixels at its largest epsilon ({_where(top)}); an attack "
+            "this large should flip nearly all of them"
+        )
+    return None
+
+
+def _bad_gradients(entry: Mapping[str, Any]) -> str | None:
+    g = entry.get("gradients") or {}
+    total = g.get("image_gradients") or 0
+    zero, nonfinite = g.get("zero") or 0, g.get("nonfinite") or 0
+    if total and (nonfinite > 0 or zero / total > ZERO_GRADIENT_SHARE):
+        return (
+            f"{entry.get('attack')} at {_where(entry)}: {zero} of {total} image "
+            f"gradients were all zero and {nonfinite} not finite; the attack may be "
+            "blind (saturated softmax, non-differentiable layers, NaN in the model)"
+        )
+    return None
+
+
+def _noise_as_strong(entry: Mapping[str, Any]) -> str | None:
+    noise = entry.get("noise") or {}
+    attack_rate, noise_rate = entry.get("success_rate"), noise.get("success_rate")
+    if (
+        entry.get("family") != "random"
+        and isinstance(attack_rate, int | float)
+        and isinstance(noise_rate, int | float)
+        and noise_rate >= NOISE_FLOOR
+        and attack_rate <= noise_rate
+    ):
+        return (
+            f"random noise of the same norm flips {noise_rate:.1%} of the pixels, "
+            f"{entry.get('attack')} only {attack_rate:.1%} at {_where(entry)}: the "
+            "attack is not using the gradient"
+            + (
+                " (a least-likely attack aims at one far class, not at any error: "
+                "weak damage is expected of it on a smooth model, less so of the "
+                "untargeted attacks)"
+                if str(entry.get("attack")).endswith("-ll")
+                else ""
             )
-    return out
-
-
-def _bad_gradients(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for entry in entries:
-        g = entry.get("gradients") or {}
-        total = g.get("image_gradients") or 0
-        zero, nonfinite = g.get("zero") or 0, g.get("nonfinite") or 0
-        if total and (nonfinite > 0 or zero / total > ZERO_GRADIENT_SHARE):
-            out.append(
-                _finding(
-                    "bad_gradients",
-                    entry,
-                    f"{entry.get('attack')} at {_where(entry)}: {zero} of {total} image "
-                    f"gradients were all zero and {nonfinite} not finite; the attack may be "
-                    "blind (saturated softmax, non-differentiable layers, NaN in the model)",
-                )
-            )
-    return out
-
-
-def _noise_as_strong(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for entry in entries:
-        noise = entry.get("noise") or {}
-        attack_rate, noise_rate = entry.get("success_rate"), noise.get("success_rate")
-        if (
-            entry.get("family") != "random"
-            and isinstance(attack_rate, int | float)
-            and isinstance(noise_rate, int | float)
-            and noise_rate >= NOISE_FLOOR
-            and attack_rate <= noise_rate
-        ):
-            out.append(
-                _finding(
-                    "noise_as_strong",
-                    entry,
-                    f"random noise of the same norm flips {noise_rate:.1%} of the pixels, "
-                    f"{entry.get('attack')} only {attack_rate:.1%} at {_where(entry)}: the "
-                    "attack is not using the gradient"
-                    + (
-                        " (a least-likely attack aims at one far class, not at any error: "
-                        "weak damage is expected of it on a smooth model, less so of the "
-                        "untargeted attacks)"
-                        if str(entry.get("attack")).endswith("-ll")
-                        else ""
-                    ),
-                )
-            )
-    return out
+        )
+    return None
 
 
 def _merge(findings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,8 +215,8 @@ def attack_diagnostics(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
         [
             *_iterative_weaker(entries),
             *_not_monotonic(entries),
-            *_low_success(entries),
-            *_bad_gradients(entries),
-            *_noise_as_strong(entries),
+            *_each("low_success", [m[-1] for m in _by_group(entries).values()], _low_success),
+            *_each("bad_gradients", entries, _bad_gradients),
+            *_each("noise_as_strong", entries, _noise_as_strong),
         ]
     )

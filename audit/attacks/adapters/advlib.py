@@ -73,7 +73,7 @@ import torch
 from adv_lib.attacks.segmentation import alma_prox, asma, dag, pdgd, pdpgd
 
 from audit.attacks.adapters._common import seeded_global_rng
-from audit.attacks.base import Attack, AttackContext, CallableModule, MinNormAttack, project
+from audit.attacks.base import Attack, AttackContext, CallableModule, MinNormAttack
 from audit.errors import AttackUnavailable
 from audit.threat import ThreatModel
 
@@ -284,41 +284,23 @@ class AdvLibAttack(Attack):
         self.inner = self.min_norm(**params)
         self.params = self.inner.params
 
-    def run(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        threat: ThreatModel,
-        ctx: AttackContext,
-    ) -> torch.Tensor:
+    def run(self, images, labels, *, threat, ctx):
         return self.inner.run(images, labels, norm=threat.norm, ctx=ctx)
 
-    def grid(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        threats: list[ThreatModel],
-        ctx: AttackContext,
-    ) -> list[torch.Tensor]:
+    def grid(self, images, labels, threats, ctx):
         """Each threat's projection of one minimal-norm run per norm (the first threat of a
         norm gets exactly what calling the attack at it alone would give)."""
         unbounded: dict[str, torch.Tensor] = {}
-        out = []
-        for threat in threats:
-            if threat.norm not in self.norms:
-                raise ValueError(
-                    f"attack {self.name!r} supports {', '.join(self.norms)}, not {threat.norm}"
-                )
-            if threat.eps.value == 0:
-                out.append(images.detach().clone())
-                continue
-            if threat.norm not in unbounded:
-                unbounded[threat.norm] = self.run(
-                    images.detach(), labels, threat=threat, ctx=ctx
-                ).detach()
-            out.append(project(unbounded[threat.norm], images.detach(), threat))
-        return out
+
+        def once(threat: ThreatModel) -> Callable[[torch.Tensor], torch.Tensor]:
+            def attack(x: torch.Tensor) -> torch.Tensor:
+                if threat.norm not in unbounded:
+                    unbounded[threat.norm] = self.run(x, labels, threat=threat, ctx=ctx).detach()
+                return unbounded[threat.norm]
+
+            return attack
+
+        return [self.within(threat, images, once(threat)) for threat in threats]
 
 
 def _classes(attack: str) -> tuple[type[AdvLibMinNormAttack], type[AdvLibAttack]]:

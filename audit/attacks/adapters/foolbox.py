@@ -41,10 +41,9 @@ attacks fail on dense labels, and the L1 attacks have no SegAudit threat model.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any, ClassVar
+from typing import Any
 
 import eagerpy as ep
 import foolbox as fb  # an ImportError here becomes AttackUnavailable in the registry
@@ -52,10 +51,8 @@ import torch
 from foolbox.criteria import Misclassification
 
 from audit.attacks import losses
-from audit.attacks.adapters._common import check_counts, seeded_global_rng
-from audit.attacks.base import Attack, AttackContext, CallableModule, Model, worst_of_restarts
-from audit.errors import AttackUnavailable
-from audit.threat import ThreatModel
+from audit.attacks.adapters._common import LibraryAttack
+from audit.attacks.base import Attack, AttackContext, CallableModule
 
 #: foolbox attacks verified on N x K x H x W logits with N x H x W labels -> their norm
 SUPPORTED: dict[str, str] = {
@@ -89,73 +86,30 @@ ALIASES: dict[str, str] = {
 #: one gradient step (the rest are iterative)
 SINGLE_STEP: frozenset[str] = frozenset({"FGSM", "FGM"})
 
-_COMMON = ("steps", "step_size", "random_start", "restarts")
+#: SegAudit's common parameter names -> foolbox's keywords (``restarts`` is the adapter's)
 _MAPPED = {"steps": "steps", "step_size": "abs_stepsize", "random_start": "random_start"}
 
 
 def build(name: str, params: Mapping[str, Any]) -> Attack:
     """The foolbox attack ``name`` (any case, aliases too) with ``params``; ``TypeError`` for
     a parameter it does not accept, :class:`AttackUnavailable` for an unsupported name."""
-    return _attack_class(_canonical(name))(**dict(params))
+    return FoolboxAttack.build(name, params)
 
 
-def _canonical(name: str) -> str:
-    by_lower = {n.lower(): n for n in SUPPORTED}
-    by_lower.update({alias.lower(): target for alias, target in ALIASES.items()})
-    if name.lower() not in by_lower:
-        raise AttackUnavailable(
-            f"foolbox attack {name!r} is not supported on segmentation outputs; "
-            f"supported: {', '.join(SUPPORTED)} (aliases: {', '.join(ALIASES)})"
-        )
-    return by_lower[name.lower()]
-
-
-@cache
-def _attack_class(name: str) -> type[FoolboxAttack]:
-    """A :class:`FoolboxAttack` subclass per attack, so ``name``, ``norms``, ``family`` and
-    ``defaults`` are class attributes, as for every other attack."""
-    library_class = getattr(fb.attacks, name)
-    return type(
-        f"Foolbox{name}",
-        (FoolboxAttack,),
-        {
-            "name": f"foolbox:{name}",
-            "norms": (SUPPORTED[name],),
-            "family": "single_step" if name in SINGLE_STEP else "iterative",
-            "library_class": dense_attack_class(library_class),
-            "defaults": _defaults(library_class),
-        },
-    )
-
-
-def _library_keywords(library_class: type) -> dict[str, Any]:
-    signature = inspect.signature(library_class.__init__)
-    return {
-        p.name: p.default
-        for p in signature.parameters.values()
-        if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-
-
-def _defaults(library_class: type) -> dict[str, Any]:
-    keywords = _library_keywords(library_class)
-    out: dict[str, Any] = {}
-    if "steps" in keywords:
-        out["steps"] = keywords.pop("steps")
-    if "abs_stepsize" in keywords:
-        out["step_size"] = keywords.pop("abs_stepsize")  # None: foolbox's rel_stepsize
-    if "random_start" in keywords:
-        out["random_start"] = keywords.pop("random_start")
-        out["restarts"] = 1
-    out.update(keywords)
-    return out
-
-
-class FoolboxAttack(Attack):
-    """Base of the per-attack classes :func:`build` returns."""
+class FoolboxAttack(LibraryAttack):
+    """Base of the per-attack classes :func:`build` returns (step_size None by default:
+    foolbox's own ``rel_stepsize``; every attack has a random start, so all restart)."""
 
     library = "foolbox"
-    library_class: ClassVar[type]
+    supported = SUPPORTED
+    aliases = ALIASES
+    single_step = SINGLE_STEP
+    step_keyword = "abs_stepsize"
+    relative_step = "rel_stepsize"
+
+    @classmethod
+    def library_class_of(cls, name: str) -> type:
+        return dense_attack_class(getattr(fb.attacks, name))
 
     def __init__(self, **params: Any) -> None:
         if "epsilon" in params or "epsilons" in params:
@@ -163,24 +117,11 @@ class FoolboxAttack(Attack):
                 f"attack {self.name!r} got an epsilon parameter; epsilon comes from the "
                 f"claim's threat model; accepted: {', '.join(self.defaults)}"
             )
-        if "abs_stepsize" in params and "step_size" in self.defaults:
-            if "step_size" in params:
-                raise TypeError(
-                    f"attack {self.name!r} got both 'step_size' and its synonym "
-                    "'abs_stepsize'; give one"
-                )
-            params["step_size"] = params.pop("abs_stepsize")
-        if params.get("step_size") is not None and "rel_stepsize" in params:
-            raise TypeError(
-                f"attack {self.name!r} got both an absolute 'step_size' and 'rel_stepsize'; "
-                "give one"
-            )
         super().__init__(**params)
-        check_counts(self.name, self.params)
 
     def library_attack(self, ctx: AttackContext) -> Any:
         """The (dense) foolbox attack object for one run."""
-        keywords = {k: v for k, v in self.params.items() if k not in _COMMON}
+        keywords = self.passed_through()
         for ours, theirs in _MAPPED.items():
             if ours in self.params:
                 keywords[theirs] = self.params[ours]
@@ -189,43 +130,21 @@ class FoolboxAttack(Attack):
         attack.on_gradient = ctx.on_gradient
         return attack
 
-    def run(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        threat: ThreatModel,
-        ctx: AttackContext,
-    ) -> torch.Tensor:
-        mask = losses.labelled(labels, ctx.ignore_index)
-        keep = mask.flatten(1).any(1)
-        adv = images.clone()
-        if not bool(keep.any()):
-            return adv
-        # foolbox asserts that inputs lie within the model's bounds
-        x, y, m = images[keep].clamp(0.0, 1.0), labels[keep], mask[keep]
-        model = fb.PyTorchModel(_Module(ctx.model), bounds=(0, 1), device=images.device)
-        criterion = DenseMisclassification(y, ignore_index=ctx.ignore_index)
-        restarts = int(self.params.get("restarts", 1))
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        return images.clamp(0.0, 1.0)  # foolbox asserts that inputs lie within the bounds
 
-        def attempt() -> torch.Tensor:
+    def prepare(self, images, labels, mask, *, threat, ctx):
+        # CallableModule keeps ``ctx.model`` out of the module tree: ``PyTorchModel`` calls
+        # ``.to(device)`` on what it gets.
+        model = fb.PyTorchModel(CallableModule(ctx.model), bounds=(0, 1), device=images.device)
+        criterion = DenseMisclassification(labels, ignore_index=ctx.ignore_index)
+
+        def once() -> torch.Tensor:
             attack = self.library_attack(ctx)
-            _, out, _ = attack(model, x, criterion, epsilons=threat.eps.value)
-            out = out.detach()
-            return torch.where(torch.isfinite(out), out, x)
+            _, out, _ = attack(model, images, criterion, epsilons=threat.eps.value)
+            return out
 
-        with seeded_global_rng(ctx.generator, images.device):
-            best = worst_of_restarts(restarts, attempt, ctx.model, y, m)
-        adv[keep] = best.to(adv.dtype)
-        return adv
-
-
-class _Module(CallableModule):
-    """``ctx.model`` held in a closure, so a model that is an ``nn.Module`` never becomes a
-    submodule (``PyTorchModel`` calls ``.to(device)`` on what it gets)."""
-
-    def __init__(self, model: Model) -> None:
-        super().__init__(lambda x: model(x))
+        return once
 
 
 class DenseMisclassification(Misclassification):

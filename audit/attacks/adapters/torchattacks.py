@@ -40,20 +40,15 @@ logits per image; all of these fail or are meaningless on N x K x H x W logits.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
-from functools import cache
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torchattacks  # an ImportError here becomes AttackUnavailable in the registry
 from torch import nn
 
-from audit.attacks import losses
-from audit.attacks.adapters._common import check_counts, seeded_global_rng
-from audit.attacks.base import Attack, AttackContext, CallableModule, Model, worst_of_restarts
-from audit.errors import AttackUnavailable
-from audit.threat import ThreatModel
+from audit.attacks.adapters._common import LibraryAttack
+from audit.attacks.base import Attack, CallableModule, Model
 
 #: torchattacks attacks verified on N x K x H x W logits with N x H x W labels -> their norm
 SUPPORTED: dict[str, str] = {
@@ -81,98 +76,37 @@ RANDOMISED: frozenset[str] = frozenset(
     {"FFGSM", "PGD", "PGDL2", "EOTPGD", "UPGD", "TPGD", "RFGSM", "VMIFGSM", "VNIFGSM"}
 )
 
-#: constructor arguments the adapter sets itself
-_RESERVED = ("model", "eps")
-#: SegAudit's common parameter names, translated rather than passed through
-_COMMON = ("steps", "step_size", "random_start", "restarts")
-
 
 def build(name: str, params: Mapping[str, Any]) -> Attack:
     """The torchattacks attack ``name`` (any case) with ``params``; ``TypeError`` for a
     parameter it does not accept, :class:`AttackUnavailable` for an unsupported name."""
-    return _attack_class(_canonical(name))(**dict(params))
+    return TorchattacksAttack.build(name, params)
 
 
-def _canonical(name: str) -> str:
-    by_lower = {n.lower(): n for n in SUPPORTED}
-    if name.lower() not in by_lower:
-        raise AttackUnavailable(
-            f"torchattacks attack {name!r} is not supported on segmentation outputs; "
-            f"supported: {', '.join(SUPPORTED)}"
-        )
-    return by_lower[name.lower()]
-
-
-@cache
-def _attack_class(name: str) -> type[TorchattacksAttack]:
-    """A :class:`TorchattacksAttack` subclass per attack, so ``name``, ``norms``, ``family``
-    and ``defaults`` are class attributes, as for every other attack."""
-    library_class = getattr(torchattacks, name)
-    return type(
-        f"Torchattacks{name}",
-        (TorchattacksAttack,),
-        {
-            "name": f"torchattacks:{name}",
-            "norms": (SUPPORTED[name],),
-            "family": "single_step" if name in SINGLE_STEP else "iterative",
-            "library_name": name,
-            "library_class": library_class,
-            "defaults": _defaults(name, library_class),
-        },
-    )
-
-
-def _library_keywords(library_class: type) -> dict[str, Any]:
-    """The constructor's keyword parameters and defaults, less the ones the adapter sets."""
-    signature = inspect.signature(library_class.__init__)
-    return {
-        p.name: p.default
-        for p in signature.parameters.values()
-        if p.name != "self"
-        and p.name not in _RESERVED
-        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-
-
-def _defaults(name: str, library_class: type) -> dict[str, Any]:
-    keywords = _library_keywords(library_class)
-    out: dict[str, Any] = {}
-    if "steps" in keywords:
-        out["steps"] = keywords.pop("steps")
-    if "alpha" in keywords:
-        keywords.pop("alpha")
-        out["step_size"] = None  # eps-relative, see the module docstring
-    if "random_start" in keywords:
-        out["random_start"] = keywords.pop("random_start")
-    if name in RANDOMISED:
-        out["restarts"] = 1
-    out.update(keywords)
-    return out
-
-
-class TorchattacksAttack(Attack):
-    """Base of the per-attack classes :func:`build` returns."""
+class TorchattacksAttack(LibraryAttack):
+    """Base of the per-attack classes :func:`build` returns (step_size None by default:
+    eps-relative, see the module docstring)."""
 
     library = "torchattacks"
-    library_name: ClassVar[str]
-    library_class: ClassVar[type]
+    supported = SUPPORTED
+    single_step = SINGLE_STEP
+    randomised = RANDOMISED
+    step_keyword = "alpha"
+    reserved = ("model", "eps")
+
+    @classmethod
+    def library_class_of(cls, name: str) -> type:
+        return getattr(torchattacks, name)
 
     def __init__(self, **params: Any) -> None:
-        for key in _RESERVED:
+        for key in self.reserved:
             if key in params:
                 raise TypeError(
                     f"attack {self.name!r} got parameter {key!r}, which SegAudit sets itself "
                     "(eps comes from the claim's threat model); "
                     f"accepted: {', '.join(self.defaults)}"
                 )
-        if "alpha" in params and "step_size" in self.defaults:
-            if "step_size" in params:
-                raise TypeError(
-                    f"attack {self.name!r} got both 'step_size' and its synonym 'alpha'; give one"
-                )
-            params["step_size"] = params.pop("alpha")
         super().__init__(**params)
-        check_counts(self.name, self.params)
         if self.library_name == "UPGD" and self.params.get("loss") != "ce":
             raise ValueError(
                 f"attack {self.name!r}: only loss='ce' works on dense outputs (UPGD's "
@@ -189,7 +123,7 @@ class TorchattacksAttack(Attack):
 
     def library_attack(self, module: nn.Module, eps: float, device: torch.device) -> Any:
         """The torchattacks object for one run at ``eps``."""
-        keywords = {k: v for k, v in self.params.items() if k not in _COMMON}
+        keywords = self.passed_through()
         keywords["eps"] = eps
         if "steps" in self.params:
             keywords["steps"] = int(self.params["steps"])
@@ -201,44 +135,21 @@ class TorchattacksAttack(Attack):
         attack.set_device(device)
         return attack
 
-    def run(
-        self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        *,
-        threat: ThreatModel,
-        ctx: AttackContext,
-    ) -> torch.Tensor:
-        mask = losses.labelled(labels, ctx.ignore_index)
-        keep = mask.flatten(1).any(1)
-        adv = images.clone()
-        if not bool(keep.any()):
-            return adv
-        x, y, m = images[keep], labels[keep], mask[keep]
-        safe = torch.where(m, y, torch.zeros_like(y))
-        ignored = None if ctx.ignore_index is None else ~m
+    def prepare(self, images, labels, mask, *, threat, ctx):
+        safe = torch.where(mask, labels, torch.zeros_like(labels))
+        ignored = None if ctx.ignore_index is None else ~mask
         module = DenseModule(ctx.model, ignored, ctx.on_gradient, device=images.device)
-        restarts = int(self.params.get("restarts", 1))
-
-        def attempt() -> torch.Tensor:
-            attack = self.library_attack(module, threat.eps.value, images.device)
-            out = attack(x, safe).detach()
-            return torch.where(torch.isfinite(out), out, x)
-
-        with seeded_global_rng(ctx.generator, images.device):
-            best = worst_of_restarts(restarts, attempt, ctx.model, y, m)
-        adv[keep] = best.to(adv.dtype)
-        return adv
+        return lambda: self.library_attack(module, threat.eps.value, images.device)(images, safe)
 
 
 class DenseModule(CallableModule):
     """``ctx.model`` as torchattacks needs it: ignored pixels masked, mode switches inert.
 
-    The model is held in a closure, never as a submodule, so the wrapper's ``parameters()``
-    and ``.to()`` never reach the user's model; its only parameter is an empty, frozen
-    device anchor for torchattacks' device detection.  Each forward pass registers a hook on
-    (a view of) its input, so every input gradient the library computes reaches
-    ``on_gradient`` (the engine's gradient-health watch).
+    The model is never a submodule (see :class:`~audit.attacks.base.CallableModule`), so the
+    wrapper's ``parameters()`` and ``.to()`` never reach the user's model; its only parameter
+    is an empty, frozen device anchor for torchattacks' device detection.  Each forward pass
+    registers a hook on (a view of) its input, so every input gradient the library computes
+    reaches ``on_gradient`` (the engine's gradient-health watch).
     """
 
     def __init__(
@@ -249,7 +160,7 @@ class DenseModule(CallableModule):
         *,
         device: torch.device,
     ) -> None:
-        super().__init__(lambda x: model(x))
+        super().__init__(model)
         self.ignored = ignored
         self.watch = on_gradient
         self.device_anchor = nn.Parameter(torch.empty(0, device=device), requires_grad=False)
