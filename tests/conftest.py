@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -91,3 +94,18 @@ def run_audit(
         return pytester.runpytest("-p", "audit.plugin", "-p", "no:cacheprovider", *args)
 
     return run
+
+
+def user_module(
+    name: str, source: str, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> ModuleType:
+    """``source`` as the importable module ``name``: the user's own code, which factories and
+    pickles refer to by name.  It leaves ``sys.modules`` and ``sys.path`` with the test."""
+    folder.mkdir(exist_ok=True)
+    (folder / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    importlib.invalidate_caches()
+    module = importlib.import_module(name)
+    monkeypatch.setitem(sys.modules, name, module)
+    return module

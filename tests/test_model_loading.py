@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import pathlib
-import sys
 import textwrap
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -28,6 +25,7 @@ from audit.model import (
     load_model,
 )
 from audit.resources import demo_model_file
+from conftest import user_module
 
 HELPER = "segaudit_model_factories"
 FACTORY = f"{HELPER}:build"
@@ -78,15 +76,8 @@ HELPER_SOURCE = textwrap.dedent(
 
 
 @pytest.fixture
-def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    folder = tmp_path / "helper_pkg"
-    folder.mkdir()
-    (folder / f"{HELPER}.py").write_text(HELPER_SOURCE)
-    monkeypatch.syspath_prepend(str(folder))
-    sys.modules.pop(HELPER, None)
-    importlib.invalidate_caches()
-    yield importlib.import_module(HELPER)
-    sys.modules.pop(HELPER, None)
+def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    return user_module(HELPER, HELPER_SOURCE, tmp_path / "helper_pkg", monkeypatch)
 
 
 def trained(helper: ModuleType) -> nn.Module:

@@ -19,11 +19,10 @@ import json
 import pathlib
 import pickle
 import struct
-import sys
 import textwrap
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -35,7 +34,7 @@ from torch import nn
 
 from audit.errors import ConfigError, ModelError, SegAuditError
 from audit.model import load_model
-from conftest import TINY_DATA
+from conftest import TINY_DATA, user_module
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
@@ -71,16 +70,9 @@ HELPER_SOURCE = textwrap.dedent(
 
 
 @pytest.fixture(autouse=True)
-def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+def helper(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """The user's own module: factories are imported by name."""
-    folder = tmp_path / "helper_pkg"
-    folder.mkdir()
-    (folder / f"{HELPER}.py").write_text(HELPER_SOURCE)
-    monkeypatch.syspath_prepend(str(folder))
-    sys.modules.pop(HELPER, None)
-    importlib.invalidate_caches()
-    yield importlib.import_module(HELPER)
-    sys.modules.pop(HELPER, None)
+    return user_module(HELPER, HELPER_SOURCE, tmp_path / "helper_pkg", monkeypatch)
 
 
 def net() -> nn.Module:
