@@ -1,7 +1,8 @@
 """Claim suites: TOML files turned into validated, frozen :class:`ClaimSpec` lists.
 
-Torch-free: a malformed suite is reported at collection time, before any model loads.
-Every error names the file, the claim and the key.
+A malformed suite is reported at collection time, before any model loads (the claim kinds
+it validates against import torch, but load no model or data).  Every error names the file,
+the claim and the key.
 """
 
 from __future__ import annotations
