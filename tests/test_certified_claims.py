@@ -12,6 +12,7 @@ from torch import nn
 
 from audit.errors import ConfigError
 from audit.suite import parse_suite
+from conftest import TINY_DATA, save_torchscript
 
 
 def parse(table: str):
@@ -175,7 +176,8 @@ def test_a_model_lying_about_its_constant_fails_with_a_counterexample_and_its_tw
     liar.assert_outcomes(failed=3)
     liar.stdout.fnmatch_lines(
         [
-            "*claim 'lipschitz' violated: upper bound of the L2 Lipschitz constant * is 5.00*",
+            "*claim 'lipschitz' violated: lower bound of the L2 Lipschitz constant shown by two "
+            "inputs * is 4.9*",
             "*claim 'soundness' violated: number of violations*",
             "*the claimed Lipschitz constant 1 (claimed in the model's card*) is false*",
         ],
@@ -188,5 +190,56 @@ def test_a_model_lying_about_its_constant_fails_with_a_counterexample_and_its_tw
     for name in ("input", "perturbation", "falsifying_x", "falsifying_y"):
         assert (pytester.path / "liar-report" / evidence["files"][name]).is_file()
     assert claims["lipschitz"]["evidence"]["lower_bound"] > 1.01
+    assert claims["lipschitz"]["evidence"]["bound"]["value"] > 5.0  # proven, and beyond 1
+    for name in ("x", "y"):  # the refuting pair
+        assert (
+            pytester.path / "liar-report" / claims["lipschitz"]["evidence"]["files"][name]
+        ).is_file()
     html = (pytester.path / "liar-report" / "index.html").read_text()
     assert "evidence/" in html
+
+
+class SineNet(torch.nn.Module):
+    """A per-pixel linear map through a sine: no bound is computed for ``sin``, so only the
+    falsification search can speak (its true constant is the convolution's, times ``scale``)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 1)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.conv(x)) * self.scale
+
+
+@pytest.mark.parametrize(
+    ("scale", "claimed", "outcome"),
+    [(50.0, 0.01, "refuted"), (1.0, 1000.0, "not decided")],
+)
+def test_a_lipschitz_claim_without_a_bound_is_refuted_or_not_decided_never_passed(
+    pytester: pytest.Pytester, run_audit, scale: float, claimed: float, outcome: str
+) -> None:
+    torch.manual_seed(0)
+    model = save_torchscript(SineNet(scale), pytester.path / "sine.pt")
+    pytester.makefile(
+        ".toml", gate=f'[[claims]]\nid = "lip"\nkind = "lipschitz"\nmax = {claimed}\n'
+    )
+    result = run_audit(
+        "--audit", str(model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
+    )
+    result.assert_outcomes(failed=1)
+    record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
+    claim = record["claims"][0]
+    assert claim["evidence"].get("bound") is None or outcome == "not decided"
+    if outcome == "refuted":
+        assert claim["verdict"] == "failed"
+        assert claim["message"].startswith(
+            "claim 'lip' violated: lower bound of the L2 Lipschitz constant shown by two inputs"
+        )
+        assert claim["measured"] > claimed
+        assert set(claim["evidence"]["files"]) == {"x", "y"}
+    else:
+        assert claim["verdict"] == "error" and claim["measured"] is None
+        assert "the claim is not decided: no upper bound can be computed" in claim["message"]
+        assert "found no pair of inputs that refutes it" in claim["message"]
+    assert (pytester.path / "audit-report" / "index.html").is_file()

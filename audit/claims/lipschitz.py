@@ -1,10 +1,14 @@
 """``kind = "lipschitz"``: the model is at most L-Lipschitz from L2 (image) to L2 (logits).
 
-It passes only on proof: the upper bound the harness computes from the weights must be at
-most ``max``.  When no bound can be computed (a layer it does not understand) the claim fails
-with the reason, and with the best lower bound a falsification search found, instead of
-passing on trust.  The search also runs when the bound exceeds the claim, to show whether the
-claim is false or only unproven.
+Three honest outcomes, never a pass on trust:
+
+- **proven**: the upper bound the harness computes from the weights is at most ``max``: the
+  claim passes, with the bound as its measured value;
+- **refuted**: the falsification search found two inputs whose logits are further apart than
+  ``max`` allows: the claim fails, with that lower bound as its measured value and the pair
+  saved as evidence;
+- **not decided**: no bound (a layer the harness cannot bound) or a bound above ``max``, and
+  no refuting pair: an error that says which, with both numbers.
 """
 
 from __future__ import annotations
@@ -47,36 +51,47 @@ class LipschitzClaim(ClaimKind):
 
 
 def measure_lipschitz(spec: ClaimSpec, engine: Engine) -> Measurement:
-    """The proven upper bound of the constant; without one, an error saying what the
-    falsification search found (the claim is never taken on trust)."""
+    """Proven (the bound), refuted (the search's lower bound, with its pair), or an error
+    saying the claim is not decided."""
     claimed = spec.threshold.max
     try:
         bound = computed_bound(engine)
+        unbounded = ""
     except UnsupportedLayer as exc:
-        lower = lower_bound(engine)
-        verdict = (
-            f"which exceeds the claimed {claimed:g}: the claim is false"
-            if claimed is not None and lower.value > claimed
-            else "which does not contradict the claim, but proves nothing either"
+        bound, unbounded = None, str(exc)
+    if bound is not None and (claimed is None or bound.value <= claimed):
+        return Measurement(
+            value=bound.value,
+            quantity="upper bound of the L2 Lipschitz constant",
+            condition=f"computed from the weights ({bound.method})",
+            num_samples=0,
+            evidence={"bound": bound.to_dict()},
         )
-        raise EvaluationError(
-            f"no upper bound can be computed, so the claim is not proven: {exc}. The "
-            f"falsification search found a pair of inputs with ratio {lower.value:.4g} "
-            f"({lower.method}), {verdict}"
-        ) from None
-    evidence: dict[str, Any] = {"bound": bound.to_dict()}
-    artifacts: dict[str, Any] = {}
-    if claimed is not None and bound.value > claimed:
-        lower = lower_bound(engine)
-        evidence["lower_bound"] = lower.value
-        evidence["lower_bound_method"] = lower.method
-        if lower.value > claimed:
-            artifacts = {"x": lower.x.cpu().numpy(), "y": lower.y.cpu().numpy()}
-    return Measurement(
-        value=bound.value,
-        quantity="upper bound of the L2 Lipschitz constant",
-        condition=f"computed from the weights ({bound.method})",
-        num_samples=0,
-        evidence=evidence,
-        artifacts=artifacts,
+    lower = lower_bound(engine)
+    evidence: dict[str, Any] = {
+        "bound": bound.to_dict() if bound is not None else None,
+        "lower_bound": lower.value,
+        "lower_bound_method": lower.method,
+    }
+    if claimed is not None and lower.value > claimed:
+        distance = float((lower.x - lower.y).norm())
+        return Measurement(
+            value=lower.value,
+            quantity="lower bound of the L2 Lipschitz constant",
+            condition=f"shown by two inputs {distance:.3g} apart whose logits are "
+            f"{lower.value:.4g} times as far apart ({lower.method}; the pair is saved)",
+            num_samples=0,
+            evidence=evidence,
+            artifacts={"x": lower.x.cpu().numpy(), "y": lower.y.cpu().numpy()},
+        )
+    unproven = (
+        f"no upper bound can be computed ({unbounded})"
+        if bound is None
+        else f"the bound computed from the weights is {bound.value:.4g} ({bound.method}), "
+        f"above the claimed {claimed:g}"
+    )
+    raise EvaluationError(
+        f"the claim is not decided: {unproven}; and the falsification search found no pair "
+        f"of inputs that refutes it (best ratio {lower.value:.4g}, {lower.method}). A "
+        "Lipschitz claim passes only on proof"
     )
