@@ -40,6 +40,8 @@ class Settings:
     limit: int | None = None
     batch_size: int = 8
     trust_pickle: bool = False
+    #: every claim whose value rests on something unproven fails (suites can ask too)
+    require_proof: bool = False
     factory: str | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
     bootstrap_resamples: int = 1000
@@ -77,6 +79,7 @@ FILE_KEYS: dict[str, str] = {
     "limit": "limit",
     "batch_size": "batch_size",
     "trust_pickle": "trust_pickle",
+    "require_proof": "require_proof",
     "factory": "factory",
     "metadata": "metadata",
     "bootstrap_resamples": "bootstrap_resamples",
@@ -128,7 +131,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if value < minimum:
             raise ConfigError(f"must be >= {minimum}, got {value}", source=source, key=key)
         return value
-    if key == "trust_pickle":
+    if key in ("trust_pickle", "require_proof"):
         if not isinstance(value, bool):
             raise _type_error(source, key, "true or false", value)
         return value

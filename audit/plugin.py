@@ -118,6 +118,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "SELECTOR is a claim id, suite::id, or one sweep item's node id; repeatable",
     )
     group.addoption(
+        "--audit-require-proof",
+        dest="segaudit_require_proof",
+        action="store_true",
+        default=None,
+        help="fail every claim whose value rests on something unproven (a certificate on a "
+        "claimed, not proven, Lipschitz constant)",
+    )
+    group.addoption(
         "--audit-claim-timeout",
         dest="segaudit_claim_timeout",
         type=float,
@@ -181,6 +189,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "metadata": _read_metadata_file(opt("segaudit_metadata"), invocation_dir),
             "thresholds": opt("segaudit_thresholds") or None,
             "claim_timeout": opt("segaudit_claim_timeout"),
+            "require_proof": opt("segaudit_require_proof"),
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
         # Found now, not after the first claim's work: nothing is computed for a report

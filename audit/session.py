@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,10 @@ class AuditSession:
     def load_suite(self, ref: str) -> Suite:
         suite = load_suite(ref, base_dir=self.settings.base_for("suites"))
         suite = override_thresholds(suite, self.settings.thresholds)
+        if self.settings.require_proof:
+            suite = replace(
+                suite, claims=tuple(replace(c, require_proof=True) for c in suite.claims)
+            )
         if any(s.name == suite.name and s.path != suite.path for s in self.suites):
             raise SegAuditError(
                 f"two suites are named {suite.name!r} ({suite.path} and another): node ids "
@@ -256,6 +261,7 @@ class AuditSession:
             condition=measurement.condition,
             quantity=measurement.quantity,
             evidence=evidence,
+            unproven=measurement.unproven,
             duration_s=round(time.perf_counter() - start, 4),
         )
         self.checkpoint()

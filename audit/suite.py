@@ -26,6 +26,8 @@ SUITE_KEYS = {
     "description": "what the suite is for",
     "model": "a table of model metadata (class_names, num_classes, ignore_index, mean, std, ...)",
     "claims": "the list of [[claims]] tables",
+    "require_proof": "true: a claim whose value rests on something unproven (a claimed "
+    "Lipschitz constant) fails (default false)",
 }
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -172,6 +174,11 @@ def parse_suite(data: Mapping[str, Any], *, path: Path) -> Suite:
     model = data.get("model", {})
     if not isinstance(model, Mapping):
         raise ConfigError("expected a [model] table", source=source, key="model")
+    require_proof = data.get("require_proof", False)
+    if not isinstance(require_proof, bool):
+        raise ConfigError(
+            f"expected true or false, got {require_proof!r}", source=source, key="require_proof"
+        )
     raw_claims = data.get("claims")
     if not isinstance(raw_claims, list) or not raw_claims:
         raise ConfigError(
@@ -189,7 +196,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path) -> Suite:
                     key="id",
                 )
             seen[spec.id] = index
-            claims.append(spec)
+            claims.append(replace(spec, require_proof=require_proof))
     return Suite(name, description, path, tuple(claims), dict(model))
 
 

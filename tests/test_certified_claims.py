@@ -243,3 +243,67 @@ def test_a_lipschitz_claim_without_a_bound_is_refuted_or_not_decided_never_passe
         assert "the claim is not decided: no upper bound can be computed" in claim["message"]
         assert "found no pair of inputs that refutes it" in claim["message"]
     assert (pytester.path / "audit-report" / "index.html").is_file()
+
+
+CONDITIONAL_SUITE = """
+name = "cond"
+{require}
+[[claims]]
+id = "claimed"
+kind = "certified"
+lipschitz = "claimed"
+norm = "l2"
+eps = 0.05
+metric = "certified_fraction"
+min = 0.0
+
+[[claims]]
+id = "computed"
+kind = "certified"
+lipschitz = "computed"
+norm = "l2"
+eps = 0.05
+metric = "certified_fraction"
+min = 0.0
+"""
+
+
+@pytest.mark.parametrize("require", ["", "suite", "option"])
+def test_a_certificate_on_a_claimed_constant_says_so_and_fails_when_proof_is_required(
+    pytester: pytest.Pytester, run_audit, require: str
+) -> None:
+    # The demo model claims L = 1.00021 in its metadata and is also bounded from its weights.
+    suite = CONDITIONAL_SUITE.format(require="require_proof = true" if require == "suite" else "")
+    pytester.makefile(".toml", cond=suite)
+    args = [
+        "--audit",
+        "--audit-suite",
+        "cond.toml",
+        "--audit-data",
+        TINY_DATA,
+        "--audit-limit",
+        "2",
+    ]
+    if require == "option":
+        args.append("--audit-require-proof")
+    result = run_audit(*args)
+    record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
+    claims = {c["id"]: c for c in record["claims"]}
+    claimed, computed = claims["claimed"], claims["computed"]
+    assert claimed["unproven"] == "the claimed L = 1.00021, not proven from the weights"
+    assert claimed["evidence"]["proof"] == "conditional"
+    assert "conditional on the claimed L = 1.00021, not proven" in claimed["message"]
+    assert computed["unproven"] is None and computed["evidence"]["proof"] == "proven"
+    assert computed["verdict"] == "passed"
+    html = (pytester.path / "audit-report" / "index.html").read_text()
+    assert "conditional on the claimed L = 1.00021" in html
+    if require:
+        result.assert_outcomes(passed=1, failed=1)
+        assert claimed["verdict"] == "failed" and claimed["require_proof"] is True
+        assert claimed["message"].startswith(
+            "claim 'claimed' violated: it is conditional on the claimed L = 1.00021, not "
+            "proven from the weights, and proof is required (require_proof)"
+        )
+    else:
+        result.assert_outcomes(passed=2)
+        assert claimed["verdict"] == "passed" and claimed["require_proof"] is False

@@ -83,6 +83,8 @@ class ClaimSpec:
     source: str
     #: wall-clock budget in seconds (the claim's ``timeout`` key); ``None``: the setting's
     timeout: float | None = None
+    #: a value that rests on something unproven fails the claim (``require_proof``)
+    require_proof: bool = False
 
     @property
     def nodeid(self) -> str:
@@ -104,6 +106,9 @@ class Measurement:
     #: arrays to keep next to the report (a counterexample's input and perturbation):
     #: file name -> array; the session saves them as ``.npy`` and lists them in the evidence
     artifacts: Mapping[str, Any] = field(default_factory=dict)
+    #: what the value rests on that is not proven (a claimed Lipschitz constant), in words
+    #: that complete "conditional on ..."; ``None`` when everything behind it is proven
+    unproven: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,13 @@ def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
         f"{which} {m.condition} is {compared:.3f}{ci}{on}; "
         f"claim requires {spec.threshold.describe()}"
     )
-    if passed:
+    if passed and m.unproven and spec.require_proof:
+        passed = False
+        summary = (
+            f"claim {spec.id!r} violated: it is conditional on {m.unproven}, and proof is "
+            f"required (require_proof); {which} {m.condition} is {compared:.3f}"
+        )
+    elif passed:
         summary = f"claim {spec.id!r} holds: {which} {compared:.3f} {spec.threshold.describe()}"
     else:
         summary = (

@@ -21,7 +21,7 @@ from audit.claims.base import ClaimSpec, Measurement, Where
 from audit.claims.parsing import sweep_of, threat_of, whole_number
 from audit.errors import ConfigError
 from audit.evaluations.certified import certify_lipschitz, certify_smoothing, smoothing_miou
-from audit.evaluations.lipschitz import KAPPA
+from audit.evaluations.lipschitz import KAPPA, LipschitzSource
 from audit.registry import Registry
 
 if TYPE_CHECKING:
@@ -66,6 +66,14 @@ CERTIFIERS: Registry[type[Certifier]] = Registry("certifier", "segaudit.certifie
 def register_certifier(cls: type[Certifier]) -> type[Certifier]:
     """Class decorator: make ``cls`` available as ``certifier = "<cls.name>"`` in claims."""
     return CERTIFIERS.register(cls)
+
+
+def unproven_constant(source: LipschitzSource) -> str | None:
+    """Words for a certificate's constant when it was claimed rather than proven (a search
+    failed to refute it, which is not a proof); ``None`` for a bound from the weights."""
+    if source.kind == "computed":
+        return None
+    return f"the claimed L = {source.value:.6g}, not proven from the weights"
 
 
 @register_certifier
@@ -129,14 +137,19 @@ class LipschitzCertifier(Certifier):
             )
         resolution = cert.resolution
         at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+        unproven = unproven_constant(cert.lipschitz)
+        evidence["proof"] = "conditional" if unproven else "proven"
         return Measurement(
             value=value,
             quantity=quantity,
             condition=f"at L2 radius {p['eps']}{at} (Lipschitz certificate, L = "
-            f"{cert.lipschitz.value:.4g}, {cert.lipschitz.kind})",
+            f"{cert.lipschitz.value:.4g}, {cert.lipschitz.kind}"
+            + (f"; conditional on {unproven}" if unproven else "")
+            + ")",
             num_samples=cert.num_samples,
             interval=interval,
             evidence=evidence,
+            unproven=unproven,
         )
 
 

@@ -17,6 +17,7 @@ from audit.attacks import check_name
 from audit.claims import register
 from audit.claims.base import ClaimSpec, Measurement, Threshold, Where
 from audit.claims.certified import CertifierKeys, parse_certifier, parse_l2_norm
+from audit.claims.certifiers import unproven_constant
 from audit.claims.parsing import SweepKind, checked, parse_epsilons, sweep_params, whole_number
 from audit.evaluations.soundness import check_soundness
 
@@ -119,12 +120,17 @@ def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
         )
     if result.falsified is not None:
         where += f"; and the claimed L is contradicted (lower bound {result.falsified.value:.4g})"
+    unproven = unproven_constant(result.lipschitz)
+    evidence["proof"] = "conditional" if unproven else "proven"
     return Measurement(
         value=float(result.violations),
         quantity="number of violations",
         condition=f"at L2 radius {spec.params['eps']} with L = {result.lipschitz.value:.4g} "
-        f"({result.lipschitz.kind}) [{'; '.join(parts)}{where}]",
+        f"({result.lipschitz.kind}"
+        + (f"; conditional on {unproven}" if unproven else "")
+        + f") [{'; '.join(parts)}{where}]",
         num_samples=result.num_samples,
         evidence=evidence,
         artifacts=artifacts,
+        unproven=unproven,
     )

@@ -125,6 +125,10 @@ class RunRecorder:
                 "threshold": spec.threshold.to_dict(),
                 # the claim's own wall-clock budget (None: the claim_timeout setting's, if any)
                 "timeout": spec.timeout,
+                # whether a value resting on something unproven fails the claim, and what
+                # the measured value rests on that is not proven (set once measured)
+                "require_proof": spec.require_proof,
+                "unproven": None,
                 "source": spec.source,
                 "measured": None,
                 "compared": None,
