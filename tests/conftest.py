@@ -109,3 +109,10 @@ def user_module(
     module = importlib.import_module(name)
     monkeypatch.setitem(sys.modules, name, module)
     return module
+
+
+def report_files(folder: Path) -> tuple[dict, str]:
+    """The two files every run leaves in its report ``folder``, whatever happened: the
+    record (parsed) and the HTML report."""
+    assert (folder / "results.json").is_file() and (folder / "index.html").is_file()
+    return json.loads((folder / "results.json").read_text()), (folder / "index.html").read_text()

@@ -19,7 +19,7 @@ from torch import nn
 from audit.errors import ConfigError, ModelError
 from audit.model import ModelMetadata, OutputResolution, SegmentationWrapper
 from audit.report import build_provenance, build_summary, fmt_resize
-from conftest import TINY_DATA, ColourNet, save_torchscript
+from conftest import TINY_DATA, ColourNet, report_files, save_torchscript
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
@@ -174,11 +174,6 @@ min = 0.0
 """
 
 
-def _report(pytester: pytest.Pytester) -> tuple[dict, str]:
-    folder = pytester.path / "audit-report"
-    return json.loads((folder / "results.json").read_text()), (folder / "index.html").read_text()
-
-
 def test_refused_output_is_a_clear_error_and_the_report_is_written(
     pytester: pytest.Pytester, run_audit
 ) -> None:
@@ -195,7 +190,7 @@ def test_refused_output_is_a_clear_error_and_the_report_is_written(
             "differs*accept_resize = true*"
         ]
     )
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     assert record["status"] == "error"
     assert "returns 7x3 logits" in record["claims"][0]["message"]
     assert "output_resolution" not in record["provenance"]["model"]
@@ -214,7 +209,7 @@ def test_whole_factor_output_passes_and_is_shown_everywhere(
     result.stdout.fnmatch_lines(
         ["model output: 8 × 16 logits upsampled ×4 (bilinear) to the 32 × 64 input"]
     )
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     model_record = record["provenance"]["model"]
     assert model_record["output_resolution"] == [8, 16]
     assert model_record["input_resolution"] == [32, 64] and model_record["resize_factor"] == 4
@@ -231,7 +226,7 @@ def test_no_terminal_line_when_nothing_was_resized(
     )
     result.assert_outcomes(passed=1)
     assert "model output:" not in result.stdout.str()
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     assert record["provenance"]["model"]["resize_factor"] == 1
     assert "Model output:" not in html
 
@@ -247,6 +242,6 @@ def test_accept_resize_from_the_command_line_metadata(pytester: pytest.Pytester,
     )  # fmt: skip
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["model output: 7 × 3 logits upsampled ×4.5714 × 21.3333*"])
-    record, _ = _report(pytester)
+    record, _ = report_files(pytester.path / "audit-report")
     assert record["provenance"]["model"]["metadata"]["accept_resize"] is True
     assert record["provenance"]["model"]["resize_factor"] == [4.5714, 21.3333]

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from audit.data.synthetic import SyntheticStreetScenes
-from conftest import TINY_DATA, ColourNet, save_torchscript
+from conftest import TINY_DATA, ColourNet, report_files, save_torchscript
 
 pytestmark = [
     pytest.mark.filterwarnings(r"ignore:`torch\.jit\.\w+` is deprecated:FutureWarning"),
@@ -35,13 +35,6 @@ min = 0.0
 
 #: the 8 classes ColourNet predicts and the synthetic data has
 NAMES = list(SyntheticStreetScenes(num_samples=1).class_names)
-
-
-def _report(pytester: pytest.Pytester) -> tuple[dict, str]:
-    """Both files a run must leave, whatever happened."""
-    folder = pytester.path / "audit-report"
-    assert (folder / "results.json").is_file() and (folder / "index.html").is_file()
-    return json.loads((folder / "results.json").read_text()), (folder / "index.html").read_text()
 
 
 def _write_folder(root: Path, stems: list[str], *, orphans: int = 0) -> Path:
@@ -78,7 +71,7 @@ def test_unknown_embedded_key_is_an_error_that_says_how_to_fix_it(
             "--audit-metadata FILE, ?tool.segaudit.metadata?*"  # fnmatch: [ ] is a set
         ]
     )
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     assert record["status"] == "error"
     assert "key 'classes'" in record["errors"][0]["message"]
     assert "key &#39;classes&#39;" in html or "key 'classes'" in html
@@ -96,7 +89,7 @@ def test_command_line_metadata_replaces_the_unknown_embedded_key(
         "--audit-metadata", str(meta),
     )  # fmt: skip
     result.assert_outcomes(passed=1)
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     model_record = record["provenance"]["model"]
     assert model_record["metadata"]["class_names"] == NAMES
     assert model_record["embedded_keys_replaced"] == {"classes": "class_names"}
@@ -113,7 +106,7 @@ def test_pyproject_metadata_replaces_the_unknown_embedded_key(
         "--audit", str(model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
     )
     result.assert_outcomes(passed=1)
-    record, _ = _report(pytester)
+    record, _ = report_files(pytester.path / "audit-report")
     assert record["provenance"]["model"]["embedded_keys_replaced"] == {"classes": "class_names"}
 
 
@@ -131,7 +124,7 @@ def test_orphan_masks_are_a_clear_error_and_the_report_is_written(
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*2 mask(s) in *masks have no image*: lost0.png, lost1.png;*"])
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     assert record["status"] == "error"
     assert "lost0.png, lost1.png" in record["errors"][0]["message"] and "lost0.png" in html
 
@@ -146,7 +139,7 @@ def test_folder_without_classes_file_takes_the_models_class_names(
         "--audit", str(model), "--audit-suite", "gate.toml", "--audit-data", f"folder:{root}"
     )
     result.assert_outcomes(passed=1)
-    record, html = _report(pytester)
+    record, html = report_files(pytester.path / "audit-report")
     dataset = record["provenance"]["dataset"]
     assert dataset["class_names"] == NAMES
     assert dataset["describe"]["class_names_from"] == "the model's metadata"
@@ -164,4 +157,4 @@ def test_folder_without_any_class_names_is_still_an_error(
     )
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["*no class names for *data: write *classes.txt*model's metadata*"])
-    _report(pytester)
+    report_files(pytester.path / "audit-report")
