@@ -330,6 +330,8 @@ def _fx_bound(
     outputs = []
     for n in _nodes_in(output_value):
         v, shape = values[n], seen.get(n)
+        if v.refusal:
+            raise UnsupportedLayer("", root_kind, f"its output: {v.refusal}")
         if v.dep:
             outputs.append((v.lip, tuple(shape) if _is_tensor_shape(shape) else ()))
     return outputs
@@ -387,7 +389,7 @@ def _fx_node(
                 raise _Refuse("expected one input tensor")
             if _leaf_type(module) is None:
                 raise _Refuse("no known Lipschitz bound for this module type")
-            _check_inplace(node, getattr(module, "inplace", False))
+            _check_inplace(node, getattr(module, "inplace", False), gm)
             call = _module_call(module, dep, out_shape, where, kind)
             return _bound_call(call, ctx)
         if node.op == "call_method":
@@ -401,7 +403,7 @@ def _fx_node(
                 raise _Refuse(f"unknown function {node.target!r}")
         if source == "torch":
             args, kwargs = _normalise_torch_args(node, args, kwargs)
-        _check_inplace(node, _is_inplace(name) or kwargs.pop("inplace", False) is True)
+        _check_inplace(node, _is_inplace(name) or kwargs.pop("inplace", False) is True, gm)
         if _is_inplace(name):
             name = name[:-1]
         label = f"{where}/{node.name}" if where else node.name
@@ -448,17 +450,49 @@ def _normalise_torch_args(
     return (head,), named
 
 
-def _check_inplace(node: fx.Node, inplace: bool) -> None:
-    """An in-place op changes its input for every other user: only safe if there are none."""
+def _check_inplace(node: fx.Node, inplace: bool, gm: fx.GraphModule) -> None:
+    """An in-place op changes its input for every other user: only safe if there are none,
+    along the chain of views (aliases) the input was taken from."""
     if not inplace:
         return
     current = node.args[0] if node.args else None
     while isinstance(current, fx.Node):
         if len(current.users) > 1:
             raise _Refuse("in-place operation on a tensor that is used elsewhere")
-        if current.op == "placeholder" or not current.args:
+        if current.op == "placeholder" or not current.args or not _may_alias(current, gm):
             break
         current = current.args[0]
+
+
+#: tensor methods and functions whose result may share memory with their first argument
+_ALIASING = {
+    "view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "contiguous",
+    "squeeze", "unsqueeze", "movedim", "alias", "view_as", "reshape_as", "detach", "to",
+    "type_as", "float", "double", "slice", "select", "narrow", "expand", "expand_as",
+    "chunk", "split", "unbind", "getitem", "as_strided", "diagonal", "real", "imag",
+}  # fmt: skip
+#: modules whose output is always a fresh tensor
+_FRESH_MODULES = (
+    nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.modules.batchnorm._BatchNorm, nn.MaxPool2d,
+    nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Upsample,
+)  # fmt: skip
+
+
+def _may_alias(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """Whether ``node``'s result may share memory with its first argument."""
+    if node.op == "call_module":
+        return _leaf_type(gm.get_submodule(str(node.target))) not in _FRESH_MODULES
+    if node.op == "call_method":
+        return str(node.target).rstrip("_") in _ALIASING or _is_inplace(str(node.target))
+    if isinstance(node.target, torch._ops.OpOverload):
+        schema = node.target._schema
+        if not schema.arguments or not schema.returns:
+            return False
+        return schema.arguments[0].alias_info is not None and (
+            schema.returns[0].alias_info is not None
+        )
+    name = _function_name(node.target) or ""
+    return name in _ALIASING or _is_inplace(name) or node.kwargs.get("inplace") is True
 
 
 def _probe_failure(model: nn.Module, probe: torch.Tensor, exc: Exception) -> UnsupportedLayer:

@@ -25,7 +25,6 @@ shape checks only).  A bound that depends on the input size holds at that size o
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,7 +40,7 @@ from audit.certify.lipschitz.fx_graph import (
     _probe_failure,
 )
 from audit.certify.lipschitz.norms import _f64, _Refuse, resize_bound
-from audit.certify.lipschitz.torchscript import _ts_bound
+from audit.certify.lipschitz.torchscript import _ts_graph_bound
 from audit.certify.lipschitz.values import LayerBound, UnsupportedLayer, _Ctx
 from audit.model.frozen_training import torchscript_training_ops
 from audit.model.wrapper import SegmentationWrapper
@@ -163,20 +162,13 @@ def _model_bound(
                 "", getattr(model, "original_name", "ScriptModule"),
                 f"it was captured in training mode ({training[0]}); call eval() before tracing",
             )  # fmt: skip
-        if isinstance(model, torch.jit.TopLevelTracedModule):
-            # Freshly traced modules refuse calls to their submodules; a saved and reloaded
-            # copy does not (files always load that way).
-            buffer = io.BytesIO()
-            torch.jit.save(model, buffer)
-            buffer.seek(0)
-            model = torch.jit.load(buffer, map_location=probe.device)
         try:
-            bound, out = _ts_bound(model, "", probe, ctx)
+            outputs = _ts_graph_bound(model, probe, ctx)
         except UnsupportedLayer:
             raise
         except Exception as exc:
             raise _probe_failure(model, probe, exc) from exc
-        return [(bound, tuple(out.shape))], "product over a TorchScript chain of layers"
+        return outputs, "propagated through the model's TorchScript graph (inlined ATen ops)"
     if isinstance(model, fx.GraphModule):
         _check_graph_training(model)
         outputs = _fx_bound(model, model, probe, ctx)
@@ -188,17 +180,36 @@ def _model_bound(
     try:
         graph = _LeafTracer().trace(model)
     except Exception as exc:
-        raise UnsupportedLayer(
-            "",
-            type(model).__name__,
-            f"torch.fx cannot trace it ({type(exc).__name__}: {exc}); data-dependent control "
-            "flow needs an export",
-        ) from exc
+        # Control flow on shapes (deel-torchlip's GroupSort) defeats torch.fx but not
+        # torch.export, which runs the model at the probe's shape and records the ATen ops.
+        gm = _exported(model, probe, exc)
+        outputs = _fx_bound(gm, model, probe, ctx)
+        how = (
+            "propagated through the model's ATen graph (torch.export at the probe size, as "
+            "torch.fx could not trace it)"
+        )
+        return outputs, how
     gm = fx.GraphModule(model, graph)
     _check_trace_faithful(model, gm, probe)
     outputs = _fx_bound(gm, model, probe, ctx)
     how = "propagated through the model's torch.fx graph (layers multiply, sums add)"
     return outputs, how
+
+
+def _exported(model: nn.Module, probe: torch.Tensor, fx_error: Exception) -> fx.GraphModule:
+    try:
+        program = torch.export.export(model, (probe,), strict=False)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UnsupportedLayer(
+            "",
+            type(model).__name__,
+            f"neither torch.fx ({type(fx_error).__name__}: {fx_error}) nor torch.export "
+            f"({type(exc).__name__}: {first}) can capture its graph",
+        ) from exc
+    gm = program.module()
+    _check_graph_training(gm)
+    return gm
 
 
 def _check_module_training(model: nn.Module) -> None:

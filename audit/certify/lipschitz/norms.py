@@ -25,9 +25,9 @@ Per layer (every number in float64 on CPU; exact singular values are inflated by
   exceed its value at the nearest grid point.  When the input size is known, the exact
   maximum over the DFT grid of a torus large enough to hold the zero padding without
   wrap-around (or of the input torus, for circular padding) bounds the layer at that size.
-  1x1 kernels: exact SVD.  Reflect and replicate padding are refused: they read border
-  pixels twice, so such a layer is not bounded by its kernel's norm (1.8x measured on one
-  "1-Lipschitz" layer).
+  1x1 kernels: exact SVD.  Reflect and replicate padding read border pixels twice, so such
+  a layer is not bounded by its kernel's norm (1.8x measured on one "1-Lipschitz" layer):
+  the caller bounds the pad (:func:`pad_copies`) and the unpadded convolution apart.
 - ``Linear``: exact SVD.  ``BatchNorm`` in eval mode: ``max |gamma| / sqrt(var + eps)``.
 - activations: ReLU, ReLU6, LeakyReLU/PReLU (``max(1, |slope|)``), ELU/SELU/CELU, Tanh,
   Hardtanh, clamp, abs, Softplus, Softsign, LogSigmoid (1), Sigmoid (1/4), Hardsigmoid (1/6),
@@ -74,6 +74,7 @@ __all__ = [
     "kernel_autocorrelation",
     "linear_bound",
     "maxpool_bound",
+    "pad_copies",
     "resize_bound",
     "separable_bound",
 ]
@@ -331,9 +332,8 @@ def conv_bound(
     extent = ((w.shape[2] - 1) * dil[0] + 1, (w.shape[3] - 1) * dil[1] + 1)
     if padding_mode in ("reflect", "replicate"):
         raise _Refuse(
-            f"padding_mode={padding_mode!r} copies border pixels, so the layer's norm can "
-            "exceed its kernel's (1.8x measured on one such '1-Lipschitz' layer); use zeros "
-            "or circular padding"
+            f"padding_mode={padding_mode!r} copies border pixels; bound the pad and the "
+            "unpadded convolution separately"
         )
     if padding_mode not in ("zeros", "circular"):
         raise _Refuse(f"unknown padding_mode {padding_mode!r}")
@@ -381,6 +381,33 @@ def conv_bound(
     if padding_mode == "circular":
         how = f"circular padding: {how}"
     return bound, how
+
+
+def pad_copies(mode: str, before: int, after: int, size: int | None) -> int:
+    """The most copies of one entry that padding one axis of ``size`` entries makes.
+
+    The padding is a 0/1 matrix with one 1 per row, so its norm is the square root of its
+    largest column count (the product of the per-axis counts).  Counts never grow with the
+    size, so ``size=None`` (every size) takes the smallest size the mode allows.
+    """
+    if before < 0 or after < 0:
+        raise _Refuse("negative padding (cropping) of a circular/reflect/replicate pad")
+    smallest = {"circular": max(before, after, 1), "reflect": max(before, after) + 1}
+    if mode not in ("circular", "reflect", "replicate"):
+        raise _Refuse(f"unknown padding mode {mode!r}")
+    n = smallest.get(mode, 1) if size is None else size
+    counts = [0] * n
+    for j in range(-before, n + after):
+        if mode == "circular":
+            source = j % n
+        elif mode == "reflect":
+            period = 2 * (n - 1) if n > 1 else 1
+            source = abs(j) % period if n > 1 else 0
+            source = period - source if source >= n else source
+        else:
+            source = min(max(j, 0), n - 1)
+        counts[source] += 1
+    return max(counts)
 
 
 def linear_bound(weight: torch.Tensor) -> tuple[float, str]:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from audit.certify.lipschitz.norms import (
+    _pair,
     _Refuse,
     activation_bound,
     adaptive_avgpool_bound,
@@ -35,8 +36,11 @@ from audit.certify.lipschitz.norms import (
     conv_bound,
     linear_bound,
     maxpool_bound,
+    pad_copies,
     resize_bound,
 )
+from audit.certify.lipschitz.order import HANDLERS as ORDER_HANDLERS
+from audit.certify.lipschitz.order import cat_pattern
 from audit.certify.lipschitz.values import (
     _CONST,
     _SPLIT_IDS,
@@ -51,6 +55,7 @@ from audit.certify.lipschitz.values import (
     _is_tensor_shape,
     _numel,
     _only_dep,
+    _operands,
     _scale_of,
     _Shape,
 )
@@ -71,7 +76,7 @@ _ELEMENTWISE = {
     "gelu", "silu", "log_sigmoid", "logsigmoid",
 }  # fmt: skip
 _MULTI_OPERAND = {
-    "add", "sub", "mul", "div", "truediv", "maximum", "minimum", "cat", "concat",
+    "add", "sub", "mul", "div", "truediv", "maximum", "minimum", "max", "min", "cat", "concat",
     "concatenate", "stack", "getitem",
 }  # fmt: skip
 _SHAPE_QUERIES = {"size", "dim", "numel", "sym_size", "sym_numel", "sym_stride", "stride"}
@@ -89,10 +94,16 @@ def _bound_call(call: _Call, ctx: _Ctx) -> _V:
         return _CONST
     if name in _SHAPE_QUERIES:
         return _CONST
+    for dep in deps:
+        if dep.v.refusal:
+            raise _Refuse(dep.v.refusal)
     if call.out_shape is not None and _is_tensor_shape(call.out_shape):
         dtype = call.out_shape.dtype if isinstance(call.out_shape, _Shape) else None
         if dtype is not None and not dtype.is_floating_point:
-            raise _Refuse(f"it produces {dtype} values from the input (not Lipschitz)")
+            # Not an error yet: indices a model computes and never uses cost nothing.
+            where = f" by {call.where}" if call.where else ""
+            return _V(0.0, refusal=f"it uses {dtype} values computed from the input{where} "
+                      "(integers that jump: not Lipschitz)")  # fmt: skip
     handler = _HANDLERS.get(name)
     if handler is None:
         raise _Refuse(f"operation {name!r} has no known Lipschitz bound")
@@ -154,47 +165,10 @@ def _h_cat(call: _Call, ctx: _Ctx) -> _V:
     items = [t for t in tensors if isinstance(t, _Dep)]
     if len(items) != len(_deps((call.args, call.kwargs))):
         raise _Refuse("unexpected arguments")
-    if len(items) == 2:
-        matched = _maxmin_pattern(items[0].v, items[1].v)
-        if matched is not None:
-            ctx.add(call.where, "MaxMin", 1.0, "max/min of two chunk halves: 1-Lipschitz")
-            return _V(matched)
+    matched = cat_pattern(items, ctx, call.where)
+    if matched is not None:
+        return matched
     return _V(math.sqrt(sum(t.v.lip**2 for t in items)))
-
-
-def _maxmin_pattern(a: _V, b: _V) -> float | None:
-    """cat([maximum(p, q), minimum(p, q)]) with p, q the halves of one 2-way split."""
-    if a.pair is None or b.pair is None or {a.pair[0], b.pair[0]} != {"maximum", "minimum"}:
-        return None
-    if {a.pair[1], a.pair[2]} != {b.pair[1], b.pair[2]} or a.pair[1] == a.pair[2]:
-        return None
-    p, q = a.pair[1], a.pair[2]
-    if p[0] != q[0] or p[2] != 2 or {p[1], q[1]} != {0, 1}:
-        return None
-    return p[4]
-
-
-def _operands(call: _Call) -> tuple[Any, Any]:
-    """The two operands of a binary op; every input-dependent argument must be one of them."""
-    a, b = call.get(0, "input"), call.get(1, "other")
-    found = sum(isinstance(x, _Dep) for x in (a, b))
-    if found != len(_deps((call.args, call.kwargs))):
-        raise _Refuse("unexpected arguments")
-    return a, b
-
-
-def _h_maxmin_binary(call: _Call, ctx: _Ctx) -> _V:
-    a, b = _operands(call)
-    lip = 0.0
-    for item in (a, b):
-        if isinstance(item, _Dep):
-            lip += (item.v.lip * _broadcast_factor(item, call.out_shape)) ** 2
-    result = _V(math.sqrt(lip))
-    if isinstance(a, _Dep) and isinstance(b, _Dep) and a.v.piece and b.v.piece:
-        same_shape = a.shape is not None and tuple(a.shape) == tuple(b.shape or ())
-        if same_shape:
-            result.pair = (call.name, a.v.piece, b.v.piece)
-    return result
 
 
 def _h_add(call: _Call, ctx: _Ctx) -> _V:
@@ -275,6 +249,20 @@ def _h_conv(call: _Call, ctx: _Ctx) -> _V:
     if weight.dim() != 4:
         raise _Refuse("only 2-D convolutions are supported")
     padding_mode = call.kwargs.get("__padding_mode__", "zeros")
+    fused = _circular_conv(dep, padding, transposed, weight.shape[-2:], _pair(dilation))
+    if fused is not None:
+        # pad(circular) then an unpadded convolution is one circular convolution of the
+        # unpadded input: bounded as such, not as (copies of the pad) x (kernel norm)
+        padding, padding_mode, source_lip, source_shape, pad_entry = fused
+        dep = _Dep(_V(source_lip), _Shape(source_shape, torch.float32))
+        if pad_entry in ctx.layers:  # the pad's own factor is not part of this product
+            ctx.layers.remove(pad_entry)
+    copies, in_shape = 1, dep.shape
+    if padding_mode in ("reflect", "replicate") and not transposed:
+        # The pad copies border entries (norm sqrt(most copies)); the unpadded convolution
+        # of the padded input is a restriction of the zero-padded one.
+        copies, in_shape = _copying_pad(ctx, padding_mode, padding, dep.shape)
+        padding, padding_mode = 0, "zeros"
     bound, how = _conv_with_size(
         ctx,
         weight,
@@ -284,11 +272,54 @@ def _h_conv(call: _Call, ctx: _Ctx) -> _V:
         dilation=dilation,
         padding_mode=padding_mode,
         transposed=bool(transposed),
-        in_shape=dep.shape,
+        in_shape=in_shape,
         out_shape=call.out_shape,
     )
+    if copies > 1:
+        bound *= math.sqrt(copies)
+        how = (
+            f"{call.kwargs['__padding_mode__']} padding (up to {copies} copies of an entry) x {how}"
+        )
     ctx.add(call.where, call.kind, bound, how)
     return _V(dep.v.lip * bound)
+
+
+def _copying_pad(
+    ctx: _Ctx, mode: str, padding: Any, shape: Any
+) -> tuple[int, tuple[int, ...] | None]:
+    """(most copies of one entry, padded shape) of a reflect or replicate pad."""
+    if isinstance(padding, str):
+        raise _Refuse(f"padding={padding!r} with padding_mode={mode!r}")
+    amounts = _pair(padding)
+    hw = _hw(shape)
+    copies = 1
+    for axis, amount in enumerate(amounts):
+        size = hw[axis] if hw is not None and ctx.sized else None
+        copies *= pad_copies(mode, amount, amount, size)
+    if ctx.sized:
+        ctx.size_specific.append(f"{mode} padding")
+    if shape is None or hw is None:
+        return copies, None
+    padded = (*tuple(shape)[:-2], hw[0] + 2 * amounts[0], hw[1] + 2 * amounts[1])
+    return copies, _Shape(padded, torch.float32)
+
+
+def _circular_conv(
+    dep: _Dep, padding: Any, transposed: Any, kernel: Any, dilation: tuple[int, int]
+) -> tuple[tuple[int, int], str, float, tuple[int, ...], Any] | None:
+    """(padding, mode, source bound, source shape, the pad's layer entry) if ``dep`` was
+    padded circularly, evenly on both sides of H and W, no wider than the kernel's reach,
+    and the convolution adds no padding of its own."""
+    circular = dep.v.circular
+    if circular is None or transposed or padding not in (0, "valid", (0, 0), [0, 0]):
+        return None
+    pads, shape, lip, entry = circular
+    if len(pads) != 4 or pads[0] != pads[1] or pads[2] != pads[3]:
+        return None
+    reach = [(int(k) - 1) * d for k, d in zip(kernel, dilation, strict=True)]
+    if 2 * pads[2] > reach[0] or 2 * pads[0] > reach[1]:
+        return None
+    return (pads[2], pads[0]), "circular", lip, shape, entry
 
 
 def _conv_with_size(
@@ -451,10 +482,27 @@ def _h_interpolate(call: _Call, ctx: _Ctx) -> _V:
 
 def _h_pad(call: _Call, ctx: _Ctx) -> _V:
     dep = call.tensor(0, "input")
-    mode = call.const(2, "mode", "constant")
-    if mode != "constant":
-        raise _Refuse(f"{mode} padding copies entries (refused like reflect-padded convs)")
-    return _V(dep.v.lip)
+    mode = {"reflection_pad2d": "reflect", "replication_pad2d": "replicate"}.get(
+        call.name, call.const(2, "mode", "constant")
+    )
+    if mode == "constant" or call.name == "constant_pad_nd":
+        return _V(dep.v.lip)
+    pads = tuple(int(p) for p in call.const(1, "pad"))
+    if dep.shape is None or len(pads) % 2 or len(pads) // 2 > len(dep.shape):
+        raise _Refuse(f"unexpected padding {list(pads)}")
+    copies = 1
+    for axis in range(len(pads) // 2):
+        before, after = pads[2 * axis], pads[2 * axis + 1]
+        size = int(dep.shape[-1 - axis])
+        copies *= pad_copies(mode, before, after, size if ctx.sized else None)
+    bound = math.sqrt(copies)
+    if ctx.sized:
+        ctx.size_specific.append(f"{mode} padding")
+    ctx.add(call.where, call.kind, bound, f"{mode} padding: sqrt(most copies of one entry)")
+    v = _V(dep.v.lip * bound)
+    if mode == "circular":
+        v.circular = (pads, tuple(dep.shape), dep.v.lip, ctx.layers[-1])
+    return v
 
 
 def _h_module_identity(call: _Call, ctx: _Ctx) -> _V:
@@ -476,6 +524,7 @@ for _name in _SPLITS:
     _HANDLERS[_name] = _h_split
 for _name in _ELEMENTWISE:
     _HANDLERS[_name] = _h_activation
+_HANDLERS.update(ORDER_HANDLERS)
 _HANDLERS.update(
     {
         "getitem": _h_getitem,
@@ -485,8 +534,6 @@ _HANDLERS.update(
         "stack": _h_cat,
         "add": _h_add,
         "sub": _h_add,
-        "maximum": _h_maxmin_binary,
-        "minimum": _h_maxmin_binary,
         "mul": _h_mul,
         "div": _h_div,
         "truediv": _h_div,
@@ -513,6 +560,8 @@ _HANDLERS.update(
         "_upsample_bicubic2d_aa": _h_interpolate,
         "pad": _h_pad,
         "constant_pad_nd": _h_pad,
+        "reflection_pad2d": _h_pad,
+        "replication_pad2d": _h_pad,
     }
 )
 _HANDLERS["identity"] = _h_module_identity

@@ -21,19 +21,14 @@ import torch
 from audit.certify.lipschitz.norms import _f64, _Refuse
 from audit.errors import ModelError
 
-__all__ = ["SUPPORTED", "LayerBound", "UnsupportedLayer"]
+__all__ = ["DOCS", "LayerBound", "UnsupportedLayer"]
 
-#: one-line inventory for error messages
-SUPPORTED = (
-    "supported: Conv2d/ConvTranspose2d (zeros or circular padding), Linear, BatchNorm (eval), "
-    "ReLU/ReLU6/LeakyReLU/PReLU/ELU/SELU/CELU/GELU/SiLU/Tanh/Sigmoid/Hardtanh/Hardsigmoid/"
-    "Hardswish/Softplus, MaxMin, PixelShuffle/PixelUnshuffle, Flatten, MaxPool2d, AvgPool2d, "
-    "AdaptiveAvgPool2d and Upsample/interpolate (with a known input size), Identity, eval-mode "
-    "Dropout, residual sums, concatenations, reshapes, slicing and scaling by constants"
-)
+#: where the supported operations are listed (kept out of error messages: they ran to 1,500
+#: characters, burying the layer at fault)
+DOCS = "docs/lipschitz.md"
 _ADVICE = (
-    "make the model fx-traceable (or save it with torch.export) using supported layers, or "
-    "state its constant as a claim (metadata 'lipschitz') so that SegAudit tests it"
+    "replace it with a layer listed in {docs}, or state the model's constant as a claim "
+    "(metadata 'lipschitz'), which SegAudit then tests but cannot prove"
 )
 
 
@@ -59,8 +54,8 @@ class UnsupportedLayer(ModelError):
         self.reason = reason
         shown = layer or "<root>"
         super().__init__(
-            f"no provable Lipschitz bound for layer {shown!r} ({kind}): {reason}. "
-            f"{SUPPORTED}; otherwise {_ADVICE}"
+            f"no provable Lipschitz bound for layer {shown!r} ({kind}): {reason}; "
+            + _ADVICE.format(docs=DOCS)
         )
 
 
@@ -74,14 +69,25 @@ class _V:
     piece: tuple[int, int, int, int, float] | None = None
     #: ("maximum"|"minimum", piece a, piece b) for the MaxMin pattern
     pair: tuple[str, tuple, tuple] | None = None
+    #: ("max"|"min", source token, dim) for a max or min over one dim (GroupSort's pattern)
+    group: tuple[str, int, int] | None = None
+    #: why this value may not be used (the indices of a max or sort: not Lipschitz)
+    refusal: str | None = None
+    #: (pads as F.pad lists them, shape and bound before padding, the pad's layer entry) of
+    #: a circularly padded value, so a convolution reading it is bounded as one circular
+    #: convolution
+    circular: tuple[tuple[int, ...], tuple[int, ...], float, LayerBound] | None = None
+    #: a token naming this value, for patterns that need "the same source"
+    token: int = field(default_factory=lambda: next(_TOKENS))
 
     @property
     def dep(self) -> bool:
         return self.lip is not None
 
 
-_CONST = _V(None)
 _SPLIT_IDS = itertools.count()
+_TOKENS = itertools.count()
+_CONST = _V(None)
 
 
 @dataclass
@@ -211,3 +217,12 @@ def _only_dep(call: _Call) -> _Dep:
     if len(deps) != 1:
         raise _Refuse("several input-dependent operands where one was expected")
     return deps[0]
+
+
+def _operands(call: _Call) -> tuple[Any, Any]:
+    """The two operands of a binary op; every input-dependent argument must be one of them."""
+    a, b = call.get(0, "input"), call.get(1, "other")
+    found = sum(isinstance(x, _Dep) for x in (a, b))
+    if found != len(_deps((call.args, call.kwargs))):
+        raise _Refuse("unexpected arguments")
+    return a, b
