@@ -226,8 +226,12 @@ class AuditSession:
             with engine.measuring(spec.nodeid), engine.deadline(*claim_budget(spec, self.settings)):
                 measurement = kind.measure(spec, engine)
         except KeyboardInterrupt as exc:
-            self._record_interrupted(spec, start, signal_name(exc))
-            raise
+            name = signal_name(exc)
+            self._record_interrupted(spec, start, name)
+            # A fresh exception from this frame: the signal may have landed at an instruction
+            # without a line number (Python 3.11), whose traceback entry crashes pytest's
+            # formatting of the interrupt (tb_lineno is None) and turns exit 2 into exit 1.
+            raise Terminated(name) from None
         except Exception as exc:
             if self.interrupts.received is not None:
                 # a library turned the interrupt into an ordinary error: still an interrupt

@@ -16,10 +16,12 @@ from audit.model import load_model
 N = 8  # spatial size of the exact checks
 
 
-def dense_jacobian(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Jacobian of ``model`` at ``x`` (float64 copy), as an (outputs x inputs) matrix."""
-    twin = double(model)
-    x = x.double()
+def dense_jacobian(model: nn.Module, x: torch.Tensor, *, float64: bool = True) -> torch.Tensor:
+    """Jacobian of ``model`` at ``x`` (of a float64 copy unless ``float64`` is False, for
+    models whose weights are computed by float32-only code), as an (outputs x inputs)
+    matrix."""
+    twin = double(model) if float64 else model
+    x = x.double() if float64 else x
     jac = torch.autograd.functional.jacobian(lambda t: _tensor(twin(t)), x)
     return jac.reshape(-1, x.numel())
 
@@ -42,18 +44,21 @@ def exact_norm(model: nn.Module, size: int = N) -> float:
     return float(torch.linalg.matrix_norm(dense_jacobian(model, x), ord=2))
 
 
-def jacobian_norm_at(model: nn.Module, x: torch.Tensor) -> float:
-    return float(torch.linalg.matrix_norm(dense_jacobian(model, x), ord=2))
+def jacobian_norm_at(model: nn.Module, x: torch.Tensor, *, float64: bool = True) -> float:
+    jacobian = dense_jacobian(model, x, float64=float64).double()
+    return float(torch.linalg.matrix_norm(jacobian, ord=2))
 
 
-def steepest(model: nn.Module, size: int = N, points: int = 4, channels: int = 3) -> float:
+def steepest(
+    model: nn.Module, size: int = N, points: int = 4, channels: int = 3, float64: bool = True
+) -> float:
     """The largest Jacobian norm at a few random points: a lower bound of the constant,
     and the constant itself for piecewise-linear maps whose pieces share one norm."""
     found = 0.0
     for seed in range(points):
         g = torch.Generator().manual_seed(seed)
         x = torch.rand(1, channels, size, size, generator=g)
-        found = max(found, jacobian_norm_at(model, x))
+        found = max(found, jacobian_norm_at(model, x, float64=float64))
     return found
 
 
