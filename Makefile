@@ -3,7 +3,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 REPORT ?= audit-report
 
-.PHONY: setup demo test test-fast lint clean
+.PHONY: setup demo test test-fast lint clean browser-check
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -22,6 +22,12 @@ test: setup
 ## The test suite without the tests marked slow
 test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
+
+## Open the demo report in headless Chromium: no console errors, no network requests;
+## writes a screenshot and an A4 PDF to $(REPORT)/browser-check
+browser-check: demo
+	bash scripts/browser_setup.sh
+	$(BIN)/python scripts/browser_check.py $(REPORT) --out $(REPORT)/browser-check
 
 lint: setup
 	$(BIN)/ruff check .

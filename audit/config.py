@@ -49,6 +49,12 @@ class Settings:
     examples: int = 4
     #: wall-clock budget of every claim in seconds (a claim's ``timeout`` key wins); None: none
     claim_timeout: float | None = None
+    #: a previous run's results.json (or its report folder) to compare this run with
+    baseline: Path | None = None
+    #: a claim that regressed against the baseline fails, even where its threshold holds
+    fail_on_regression: bool = False
+    #: where to write the run as a CTRF report (https://ctrf.io); None: not written
+    ctrf: Path | None = None
     #: claim selector -> replacement threshold ({"min": x} and/or {"max": y}); a selector is
     #: an item's node id, ``suite::id`` of a sweep's claim, or a bare claim id
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -87,6 +93,9 @@ FILE_KEYS: dict[str, str] = {
     "examples": "examples",
     "thresholds": "thresholds",
     "claim_timeout": "claim_timeout",
+    "baseline": "baseline",
+    "fail_on_regression": "fail_on_regression",
+    "ctrf": "ctrf",
 }
 
 
@@ -112,9 +121,17 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
             raise _type_error(source, key, "a suite name or path, or a list of them", value)
         return tuple(value)
+    if key == "baseline":
+        if not isinstance(value, str | Path) or not str(value):
+            raise _type_error(source, key, "a results.json file or report folder", value)
+        return Path(value)
     if key == "report":
         if not isinstance(value, str | Path) or not str(value):
             raise _type_error(source, key, "a directory path", value)
+        return Path(value)
+    if key == "ctrf":
+        if not isinstance(value, str | Path) or not str(value):
+            raise _type_error(source, key, "a file path", value)
         return Path(value)
     if key == "device":
         if not isinstance(value, str) or not _DEVICE_RE.match(value):
@@ -131,7 +148,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if value < minimum:
             raise ConfigError(f"must be >= {minimum}, got {value}", source=source, key=key)
         return value
-    if key in ("trust_pickle", "require_proof"):
+    if key in ("trust_pickle", "require_proof", "fail_on_regression"):
         if not isinstance(value, bool):
             raise _type_error(source, key, "true or false", value)
         return value
@@ -299,4 +316,20 @@ def resolve_settings(
     model = settings.model
     if model != DEMO_MODEL and not Path(model).is_absolute():
         model = str(settings.base_for("model") / model)
-    return replace(settings, report_dir=report_dir.resolve(), model=model)
+    baseline = settings.baseline
+    if baseline is not None and not baseline.is_absolute():
+        baseline = (settings.base_for("baseline") / baseline).resolve()
+    if settings.fail_on_regression and baseline is None:
+        # A gate that silently gates nothing is worse than an error.
+        raise ConfigError(
+            "fail_on_regression is on but no baseline is given; pass --audit-baseline "
+            "(a previous results.json or report folder)",
+            source=settings.sources.get("fail_on_regression"),
+            key="fail_on_regression",
+        )
+    ctrf = settings.ctrf
+    if ctrf is not None and not ctrf.is_absolute():
+        ctrf = (settings.base_for("ctrf") / ctrf).resolve()
+    return replace(
+        settings, report_dir=report_dir.resolve(), model=model, baseline=baseline, ctrf=ctrf
+    )

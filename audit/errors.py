@@ -74,3 +74,16 @@ class ClaimTimeout(EvaluationError):
 
 class ThreatOutOfRange(EvaluationError):
     """A radius larger than the images it applies to: the claim would say nothing."""
+
+
+class InvalidRecord(SegAuditError):
+    """A ``results.json`` record does not follow its JSON Schema.
+
+    ``path`` is where the first error is (``claims["smoke::clean-miou"].verdict``), ``count``
+    how many errors there are in all.
+    """
+
+    def __init__(self, message: str, *, path: str, count: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.count = count

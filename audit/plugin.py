@@ -9,16 +9,25 @@ from __future__ import annotations
 import json
 import tomllib
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from audit.claims.base import ClaimFailed
-from audit.config import DEMO_MODEL, resolve_settings
+from audit.config import resolve_settings
 from audit.errors import ConfigError, SegAuditError
 from audit.interrupts import describe_interruption
-from audit.record.writer import ensure_writable_dir
+from audit.record.baseline import load_baseline
+from audit.record.baseline_table import summary_lines
+from audit.record.summary_table import claims_table
+from audit.record.writer import (
+    PARTIAL_DIR,
+    complete_record_in,
+    ensure_writable_dir,
+    ensure_writable_file,
+)
 
 if TYPE_CHECKING:
     from audit.claims import ClaimSpec
@@ -30,7 +39,12 @@ OPT_MODEL = "segaudit_model"
 OPT_ONLY = "segaudit_only"
 
 _session_key: pytest.StashKey[AuditSession] = pytest.StashKey()
-_RESULT_PROPERTY = "segaudit_result"
+#: the claim's record entry (JSON text) on its test report: the report carries it from an
+#: xdist worker to the controller, which keeps the record; not a user property, so that
+#: --junitxml gets the readable measured, threshold and verdict only
+_ENTRY_ATTR = "segaudit_entry"
+#: what a bare --audit stands for: the configured model, else the demo
+_CONFIGURED_MODEL = "<configured>"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -39,11 +53,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--audit",
         dest=OPT_MODEL,
         nargs="?",
-        const=DEMO_MODEL,
+        const=_CONFIGURED_MODEL,
         default=None,
         metavar="MODEL",
         help="audit MODEL (TorchScript .pt, torch.export .pt2, state dict or safetensors with "
-        "--audit-factory); no value or 'demo' audits the bundled demo model. Enables the plugin.",
+        "--audit-factory); no value audits the 'model' of [tool.segaudit] or audit.toml, or "
+        "the bundled demo model when none is configured ('demo' names it). Enables the plugin.",
     )
     group.addoption(
         "--audit-data",
@@ -134,6 +149,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "how far it got (a claim's own 'timeout' key wins)",
     )
     group.addoption(
+        "--audit-baseline",
+        dest="segaudit_baseline",
+        metavar="PATH",
+        help="compare with a previous run: its results.json or report folder; the record "
+        "and the summary say which claims regressed",
+    )
+    group.addoption(
+        "--audit-fail-on-regression",
+        dest="segaudit_fail_on_regression",
+        action="store_true",
+        default=None,
+        help="fail a claim that regressed against --audit-baseline beyond its tolerance, "
+        "even where its threshold holds",
+    )
+    group.addoption(
+        "--audit-ctrf",
+        dest="segaudit_ctrf",
+        metavar="PATH",
+        help="also write the run as a CTRF JSON report (https://ctrf.io), one test per claim",
+    )
+    group.addoption(
         "--audit-only",
         dest=OPT_ONLY,
         action="store_true",
@@ -168,7 +204,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The audit's machinery (torch, the claim kinds, third-party entry points) loads only
     # when an audit runs: installing the plugin must not slow down every other test run.
     from audit.claims import known_kinds
-    from audit.session import AuditSession
+    from audit.session import AuditSession, preflight
 
     for kind in known_kinds():
         config.addinivalue_line("markers", f"segaudit_{kind}: a SegAudit claim of kind {kind!r}")
@@ -176,7 +212,7 @@ def pytest_configure(config: pytest.Config) -> None:
     invocation_dir = config.invocation_params.dir
     try:
         cli = {
-            "model": model,
+            "model": None if model == _CONFIGURED_MODEL else model,
             "data": opt("segaudit_data"),
             "suites": tuple(opt("segaudit_suites")),
             "report_dir": opt("segaudit_report"),
@@ -190,18 +226,28 @@ def pytest_configure(config: pytest.Config) -> None:
             "thresholds": opt("segaudit_thresholds") or None,
             "claim_timeout": opt("segaudit_claim_timeout"),
             "require_proof": opt("segaudit_require_proof"),
+            "baseline": opt("segaudit_baseline"),
+            "fail_on_regression": opt("segaudit_fail_on_regression"),
+            "ctrf": opt("segaudit_ctrf"),
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
-        # Found now, not after the first claim's work: nothing is computed for a report
-        # that cannot be written.
-        ensure_writable_dir(settings.report_dir, what="--audit-report")
+        if not config.option.collectonly:
+            # Found now, not after the first claim's work: nothing is computed for a
+            # report that cannot be written, a model that is not there, ...
+            preflight(settings)
+            ensure_writable_dir(settings.report_dir, what="--audit-report")
+            if settings.ctrf is not None:
+                ensure_writable_file(settings.ctrf, what="--audit-ctrf")
+        baseline = load_baseline(settings.baseline) if settings.baseline is not None else None
     except SegAuditError as exc:
         raise pytest.UsageError(f"SegAudit: {exc}") from None
     is_worker = hasattr(config, "workerinput")
     audit = AuditSession(
         settings,
         command_line=["pytest", *config.invocation_params.args],
-        writes_record=not is_worker,
+        # --collect-only lists the claims and writes nothing
+        writes_record=not is_worker and not config.option.collectonly,
+        baseline=baseline,
     )
     config.stash[_session_key] = audit
     config.pluginmanager.register(AuditRun(config, audit), "segaudit-run")
@@ -226,7 +272,11 @@ class AuditRun:
         self.is_worker = hasattr(config, "workerinput")
         self.report_dir: Path | None = None
         self.report_error: str | None = None
+        #: the report folder whose complete record a partial run left alone
+        self.partial_of: Path | None = None
         self.interrupted_by: str | None = None
+        #: claims -k, -m, --lf or --deselect left out
+        self.deselected = 0
         # The controller owns the record, so it alone takes over SIGTERM and SIGINT.
         if not self.is_worker:
             audit.interrupts.install()
@@ -261,21 +311,46 @@ class AuditRun:
         for item in session.items:
             if isinstance(item, ClaimItem):
                 self.audit.register(item.spec)
+        if self.audit.writes_record:
+            self._keep_a_complete_record()
         # The first record: a run killed before its first claim ends still leaves one.
         self.audit.checkpoint()
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Iterator[None]:
+        report = yield
+        entry = item.entry_json if isinstance(item, ClaimItem) else None
+        if entry is not None and (report.when == "call" or report.failed):
+            # pytest serialises a report's attributes for xdist (pytest_report_to_serializable)
+            setattr(report, _ENTRY_ATTR, entry)
+        error = call.excinfo.value if call.excinfo is not None else None
+        if (
+            isinstance(item, ClaimItem)
+            and call.when == "setup"
+            and isinstance(error, SegAuditError)
+        ):
+            # pytest formats setup errors itself, as a traceback into the engine; the
+            # sentence is what a reader of a CI log needs.
+            report.longrepr = f"SegAudit could not run claim {item.spec.nodeid}: {error}"
+        return report
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == _RESULT_PROPERTY and report.when == "call":
-                entry = json.loads(value)
-                self.audit.recorder.claims.setdefault(entry["nodeid"], entry).update(entry)
-                # A partial record after every claim (from xdist workers too) survives
-                # even a killed process.
-                self.audit.checkpoint()
+        value = getattr(report, _ENTRY_ATTR, None)
+        if isinstance(value, str):
+            entry = json.loads(value)
+            self.audit.recorder.claims.setdefault(entry["nodeid"], entry).update(entry)
+            # A partial record after every claim (from xdist workers too) survives
+            # even a killed process.
+            self.audit.checkpoint()
+
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += sum(isinstance(item, ClaimItem) for item in items)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.is_worker:
-            return  # xdist workers report through their test reports; the controller writes
+        if self.is_worker or not self.audit.writes_record:
+            return  # xdist workers report through their test reports; --co writes nothing
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
         ran_all = all(c["verdict"] != "not_run" for c in self.audit.recorder.claims.values())
         stopped_by = self.interrupted_by
@@ -291,14 +366,46 @@ class AuditRun:
             # written before the HTML, so the record survives a rendering failure.
             self.report_error = f"{type(exc).__name__}: {exc}"
 
+    def _keep_a_complete_record(self) -> None:
+        """A run of some claims only (-k, -m, --lf, --deselect) or that may stop early
+        (-x, --maxfail) writes to ``<report>/partial/`` when the report folder holds a
+        complete record, which it would otherwise replace with a part of itself."""
+        option = self.config.option
+        selection = []
+        if self.deselected:
+            selection.append(f"{self.deselected} claim(s) deselected")
+        if getattr(option, "maxfail", 0):  # -x is --maxfail=1
+            selection.append(f"stops at failure {option.maxfail}")
+        if not selection:
+            return
+        self.audit.recorder.provenance["selection"] = "; ".join(selection)
+        main = self.audit.settings.report_dir
+        if not complete_record_in(main):
+            return
+        partial = main / PARTIAL_DIR
+        ensure_writable_dir(partial, what="--audit-report")
+        self.audit.settings = replace(self.audit.settings, report_dir=partial)
+        self.partial_of = main
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.report_error is not None:
             terminalreporter.write_line(f"SegAudit: report not rendered: {self.report_error}")
         if self.report_dir is not None:
             terminalreporter.write_sep("-", "SegAudit")
+            width = getattr(terminalreporter, "_tw", None)
+            columns = width.fullwidth if width is not None else 100
+            for line in claims_table(self.audit.recorder.claims.values(), width=columns):
+                terminalreporter.write_line(line)
             terminalreporter.write_line(f"audit report: {self.report_dir / 'index.html'}")
             terminalreporter.write_line(f"audit record: {self.report_dir / 'results.json'}")
+            if self.partial_of is not None:
+                terminalreporter.write_line(
+                    f"(a partial run: the complete record in {self.partial_of} is kept)"
+                )
         self._write_output_resize(terminalreporter)
+        if self.audit.recorder.baseline is not None and "claims" in self.audit.recorder.baseline:
+            for line in summary_lines(self.audit.recorder.baseline):
+                terminalreporter.write_line(line)
         diagnostics = self.audit.recorder.diagnostics
         if diagnostics:
             # Not failures: they question how strong the evaluation was, not a claim.
@@ -366,20 +473,36 @@ class ClaimItem(pytest.Item):
     def __init__(self, *, spec: ClaimSpec, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
+        #: the claim's record entry as JSON, once the claim ran (or its setup failed)
+        self.entry_json: str | None = None
         self.add_marker(pytest.mark.segaudit)
         self.add_marker(getattr(pytest.mark, f"segaudit_{spec.kind}"))
+
+    def setup(self) -> None:
+        # Model and data load here: a failure is a pytest error (the audit could not run),
+        # not a failure (the model broke the claim).
+        audit = _audit(self.config)
+        try:
+            audit.prepare(self.spec)
+        except BaseException:
+            self._attach(audit)
+            raise
 
     def runtest(self) -> None:
         audit = _audit(self.config)
         try:
             audit.check(self.spec)
         finally:
-            # Properties travel on the report: into --junitxml, and from xdist workers to
-            # the controller, which records them (pytest_runtest_logreport).
-            entry = audit.recorder.claims[self.spec.nodeid]
-            self.user_properties.append(("measured", entry.get("measured")))
-            self.user_properties.append(("threshold", self.spec.threshold.describe()))
-            self.user_properties.append((_RESULT_PROPERTY, json.dumps(entry, default=str)))
+            self._attach(audit)
+
+    def _attach(self, audit: AuditSession) -> None:
+        # Properties travel on the report into --junitxml; the whole entry travels beside
+        # them (pytest_runtest_makereport) to the controller, which records it.
+        entry = audit.recorder.claims[self.spec.nodeid]
+        self.user_properties.append(("measured", entry.get("measured")))
+        self.user_properties.append(("threshold", self.spec.threshold.describe()))
+        self.user_properties.append(("verdict", entry.get("verdict")))
+        self.entry_json = json.dumps(entry, default=str)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:
         if isinstance(excinfo.value, ClaimFailed | SegAuditError):

@@ -1,4 +1,5 @@
-"""Where the files that ship beside the code live: suites, report templates, the demo model.
+"""Where the files that ship beside the code live: suites, report templates, the demo model,
+the record's JSON Schema.
 
 In a wheel, ``suites/`` and ``reports/`` are mapped into the package as ``audit/suites`` and
 ``audit/reports`` (hatchling ``force-include``).  An editable install does not apply
@@ -37,3 +38,8 @@ def templates_dir() -> Path:
 def demo_model_file() -> Path:
     """The bundled demo model (a TorchScript file with an ``audit.json`` extra file)."""
     return _PACKAGE_DIR / "assets" / "demo_segnet.pt"
+
+
+def results_schema_file() -> Path:
+    """The JSON Schema of ``results.json`` (inside the package in both install modes)."""
+    return _PACKAGE_DIR / "schemas" / "results.schema.json"

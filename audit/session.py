@@ -19,14 +19,26 @@ from pathlib import Path
 from typing import Any
 
 from audit.budget import claim_budget
-from audit.claims import ClaimFailed, ClaimSpec, get_kind, judge
+from audit.claims import ClaimFailed, ClaimSpec, Measurement, Verdict, get_kind, judge
+from audit.claims.base import judge_regression
 from audit.config import Settings
 from audit.data import open_dataset
+from audit.data.spec import data_root
 from audit.engine import Engine, resolve_device
-from audit.errors import ClaimTimeout, ModelError, SegAuditError
+from audit.errors import ClaimTimeout, ConfigError, ModelError, SegAuditError
 from audit.interrupts import InterruptSignals, Terminated, describe_interruption, signal_name
 from audit.metrics import finite_or_none
 from audit.model import ModelMetadata, load_model
+from audit.record.baseline import (
+    REGRESSED,
+    Baseline,
+    baseline_header,
+    compare_claim,
+    compare_records,
+    input_changes,
+    load_baseline,
+)
+from audit.record.ctrf import write_ctrf
 from audit.record.entries import summarise
 from audit.record.evidence import save_evidence
 from audit.record.writer import RunRecorder, now_iso
@@ -58,6 +70,21 @@ def pickle_trust(settings: Settings) -> dict[str, Any]:
     return {"enabled": settings.trust_pickle, "source": source}
 
 
+def preflight(settings: Settings) -> None:
+    """Raise the problems that can be seen before any work: a missing model file or data
+    folder, a device that is not there.  A run that would fail on its first claim fails at
+    startup instead, as a usage error, not as N claims that could not run."""
+    if not settings.uses_demo_model:
+        path = Path(settings.model)
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise ModelError(f"model file {path} {what}")
+    root = data_root(settings.data, base_dir=settings.base_for("data"))
+    if root is not None and not root.is_dir():
+        raise ConfigError(f"data folder {root} does not exist (from {settings.data!r})", key="data")
+    resolve_device(settings.device)
+
+
 class AuditSession:
     """Settings, suites, a lazily built engine, and the run's record."""
 
@@ -67,6 +94,7 @@ class AuditSession:
         *,
         command_line: Sequence[str] = (),
         writes_record: bool = True,
+        baseline: Baseline | None = None,
     ) -> None:
         self.settings = settings
         #: False in processes whose results another process records (pytest-xdist workers)
@@ -90,6 +118,13 @@ class AuditSession:
         #: SIGTERM and SIGINT as interrupts; installed by whoever drives the run (plugin,
         #: run_audit)
         self.interrupts = InterruptSignals()
+        #: the run this one is compared with (``settings.baseline``; the plugin loads it
+        #: at startup, where a bad file is a usage error)
+        self.baseline = baseline
+        if baseline is None and settings.baseline is not None:
+            self.baseline = load_baseline(settings.baseline)
+        if self.baseline is not None:
+            self.recorder.baseline = baseline_header(self.baseline)
 
     # -- the record while the run goes on -----------------------------------------------
     def checkpoint(self) -> None:
@@ -206,6 +241,19 @@ class AuditSession:
         return engine
 
     # -- claims -------------------------------------------------------------------------
+    def prepare(self, spec: ClaimSpec) -> None:
+        """Build the engine a claim needs; a failure is recorded as the claim's error.
+
+        The plugin calls this in the item's setup, so that pytest reports "the audit could
+        not run" as an error, apart from claims the model broke (failures).
+        """
+        try:
+            self.engine  # noqa: B018 (built on first use)
+        except SegAuditError as exc:
+            self.recorder.record_claim(spec.nodeid, verdict="error", message=str(exc))
+            self.checkpoint()
+            raise
+
     def register(self, spec: ClaimSpec) -> None:
         self.recorder.register_claim(spec)
 
@@ -268,10 +316,33 @@ class AuditSession:
             unproven=measurement.unproven,
             duration_s=round(time.perf_counter() - start, 4),
         )
+        verdict = self._against_baseline(spec, measurement, verdict, entry)
         self.checkpoint()
         if not verdict.passed:
             raise ClaimFailed(verdict, spec.statement)
         return entry
+
+    def _against_baseline(
+        self, spec: ClaimSpec, m: Measurement, verdict: Verdict, entry: dict[str, Any]
+    ) -> Verdict:
+        """Compare the judged claim with the baseline run's entry (stored as its
+        ``baseline``); with ``fail_on_regression`` a regressed claim that holds fails."""
+        if self.baseline is None:
+            return verdict
+        row = compare_claim(self.baseline.claims.get(spec.nodeid), entry)
+        self.recorder.record_claim(spec.nodeid, baseline=row)
+        if not (verdict.passed and self.settings.fail_on_regression and row["status"] == REGRESSED):
+            return verdict
+        current = {"provenance": self.recorder.provenance, "suites": self.recorder.suites}
+        changed = [
+            c["input"]
+            for c in input_changes(self.baseline.record, current)
+            if c["input"] in ("data", "samples")
+        ]
+        note = f"the baseline run measured other data ({', '.join(changed)})" if changed else ""
+        verdict = judge_regression(spec, m, verdict, row, note=note)
+        self.recorder.record_claim(spec.nodeid, verdict="failed", message=verdict.summary)
+        return verdict
 
     def _record_interrupted(self, spec: ClaimSpec, start: float, signal: str) -> None:
         # Stays "not_run": it was not measured; the message says why it stopped.
@@ -300,9 +371,16 @@ class AuditSession:
             compute = complete and not self.engine.timed_out
             summarise(self.recorder, self.engine, report_dir, compute=compute)
         self.recorder.progress.pop("evaluation", None)
+        if self.baseline is not None:
+            self.recorder.baseline = compare_records(
+                self.baseline, self.recorder.to_dict(complete=complete)
+            )
         self.recorder.finished = True
         self.recorder.provenance["finished_at"] = now_iso()
         results = self.recorder.write(report_dir, complete=complete)
+        if self.settings.ctrf is not None:
+            # before the HTML, so that a rendering failure does not cost CI its report
+            write_ctrf(self.settings.ctrf, self.recorder.to_dict(complete=complete))
         render_report(report_dir)
         return results
 

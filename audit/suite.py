@@ -7,6 +7,7 @@ the claim and the key.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Mapping
@@ -16,6 +17,7 @@ from typing import Any
 
 from audit.claims import ClaimSpec, Threshold, Where, get_kind, known_kinds
 from audit.claims.base import COMMON_KEYS, STATISTICS
+from audit.claims.parsing import parse_tolerance
 from audit.config import read_toml
 from audit.errors import ConfigError
 from audit.limits import check_ceilings, parse_timeout
@@ -39,9 +41,16 @@ class Suite:
     path: Path
     claims: tuple[ClaimSpec, ...]
     model_metadata: Mapping[str, Any] = field(default_factory=dict)
+    #: SHA-256 of the file's text, so that a comparison with a baseline run sees a changed suite
+    sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "path": str(self.path)}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "path": str(self.path),
+            "sha256": self.sha256,
+        }
 
 
 def builtin_suites() -> dict[str, Path]:
@@ -69,7 +78,8 @@ def resolve_suite_ref(ref: str, *, base_dir: Path) -> Path:
 def load_suite(ref: str | Path, *, base_dir: Path | None = None) -> Suite:
     """Read and validate a suite given by built-in name or path."""
     path = resolve_suite_ref(str(ref), base_dir=base_dir or Path.cwd())
-    return parse_suite(read_toml(path), path=path)
+    suite = parse_suite(read_toml(path), path=path)
+    return replace(suite, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 def _number(raw: Mapping[str, Any], key: str, where: Where) -> float | None:
@@ -145,6 +155,7 @@ def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimS
         statistic=statistic,
         source=source,
         timeout=parse_timeout(raw, where),
+        tolerance=parse_tolerance(raw, where),
     )
     return kind.expand(spec)
 

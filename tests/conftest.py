@@ -6,13 +6,16 @@ import contextlib
 import importlib
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 from torch import nn
+
+from audit.errors import InvalidRecord
+from audit.schema import validate_record
 
 # pytester's in-process runs drop the modules first imported inside them; torch's distributed
 # package registers C++ operators on import and cannot be imported twice, so it is imported
@@ -39,6 +42,39 @@ _import_export_machinery()
 
 #: small synthetic data so plugin runs take seconds
 TINY_DATA = "synthetic?n=4&size=32x64"
+#: marks a test that writes a results.json that is not a record on purpose (a malformed file
+#: the reader must refuse, a hand-made fragment); the schema check below leaves it alone
+HAND_MADE_RECORDS = "hand_made_records"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{HAND_MADE_RECORDS}(reason): the test writes results.json files by hand that need "
+        "not follow the record's schema",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _records_follow_the_schema(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After each test, every ``results.json`` in its temporary folders must pass the record's
+    JSON Schema: so every run the suite makes, in every way it ends, checks the schema."""
+    yield
+    if request.node.get_closest_marker(HAND_MADE_RECORDS) is not None:
+        return
+    used = getattr(request.node, "funcargs", None) or {}
+    folders = [used["tmp_path"]] if isinstance(used.get("tmp_path"), Path) else []
+    if isinstance(used.get("pytester"), pytest.Pytester):
+        folders.append(used["pytester"].path)
+    failures = []
+    for folder in folders:
+        for path in sorted(folder.rglob("results.json")):
+            try:
+                validate_record(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+            except (InvalidRecord, ValueError) as exc:
+                failures.append(str(exc))
+    if failures:
+        pytest.fail("records the test left fail the schema:\n" + "\n".join(failures), pytrace=False)
 
 
 class ColourNet(nn.Module):

@@ -38,6 +38,8 @@ LAYERS: dict[str, int] = {
             "limits",
             "budget",
             "registry",
+            "files",
+            "schema",
         ),
         0,
     ),
@@ -52,13 +54,16 @@ LAYERS: dict[str, int] = {
     "session": 7,
     "plugin": 8,
     "audit": 9,
+    # ``python -m audit``: command-line tools over records, at the top like the package
+    "__main__": 9,
 }
 #: the report reads results.json, never evaluations: it imports the basics and itself only
 REPORT_MAY_IMPORT = {name for name, layer in LAYERS.items() if layer == 0} | {"report"}
 #: where a function-local import of an audit module keeps an import cheap (no torch)
 LAZY_BOUNDARIES = {"audit/__init__.py", "audit/plugin.py"}
 #: optional or heavy libraries a function may import when it needs them
-OPTIONAL_LIBRARIES = {"foolbox", "torchattacks", "adv_lib", "orthogonium"}
+#: (jsonschema: only the record's validation needs it, and modules every run loads import that)
+OPTIONAL_LIBRARIES = {"foolbox", "torchattacks", "adv_lib", "orthogonium", "jsonschema"}
 MAX_LINES = 600
 #: modules named like a package elsewhere in audit/, each a deliberate parallel -> why
 SHARED_NAMES: dict[str, str] = {
@@ -282,7 +287,9 @@ def test_find_cycles_reports_a_path() -> None:
     assert find_cycles({"a": {"b": ""}}) == []
 
 
-@pytest.mark.parametrize("module", ["audit", "audit.plugin", "audit.claims.parsing"])
+@pytest.mark.parametrize(
+    "module", ["audit", "audit.plugin", "audit.claims.parsing", "audit.__main__"]
+)
 def test_import_does_not_load_torch(module: str) -> None:
     code = f"import sys, {module}; print('torch' in sys.modules)"
     out = subprocess.run(

@@ -1,4 +1,5 @@
-"""The wheel ships suites, report templates and the demo model, and finds them once installed."""
+"""The wheel ships suites, report templates, the demo model and the record's JSON Schema, and
+finds them once installed."""
 
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ def test_wheel_contains_resources_and_entry_point(wheel: Path) -> None:
     assert "audit/reports/templates/index.html.j2" in names
     assert "audit/reports/templates/style.css" in names
     assert "audit/assets/demo_segnet.pt" in names
+    assert "audit/schemas/results.schema.json" in names
     assert not any(n.startswith(("tests/", "scripts/")) for n in names)
     (entry_points,) = [n for n in names if n.endswith("entry_points.txt")]
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
@@ -60,7 +62,8 @@ def test_installed_layout_resolves_resources_inside_the_package(
     zipfile.ZipFile(wheel).extractall(tmp_path)
     code = (
         "from audit import resources as r; "
-        "print(r.suites_dir()); print(r.templates_dir()); print(r.demo_model_file())"
+        "print(r.suites_dir()); print(r.templates_dir()); print(r.demo_model_file()); "
+        "print(r.results_schema_file())"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],
@@ -74,7 +77,9 @@ def test_installed_layout_resolves_resources_inside_the_package(
         str(tmp_path / "audit" / "suites"),
         str(tmp_path / "audit" / "reports" / "templates"),
         str(tmp_path / "audit" / "assets" / "demo_segnet.pt"),
+        str(tmp_path / "audit" / "schemas" / "results.schema.json"),
     ]
+    assert (tmp_path / "audit" / "schemas" / "results.schema.json").is_file()
 
 
 def test_source_checkout_falls_back_to_top_level_folders() -> None:

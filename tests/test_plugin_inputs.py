@@ -63,7 +63,7 @@ def test_unknown_embedded_key_is_an_error_that_says_how_to_fix_it(
     result = run_audit(
         "--audit", str(model), "--audit-suite", "gate.toml", "--audit-data", TINY_DATA
     )
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)  # the audit could not run: an error
     result.stdout.fnmatch_lines(
         [
             "*third.pt (audit.json), key 'classes': unknown model metadata key "
@@ -122,7 +122,7 @@ def test_orphan_masks_are_a_clear_error_and_the_report_is_written(
     result = run_audit(
         "--audit", str(tiny_model), "--audit-suite", "gate.toml", "--audit-data", f"folder:{root}"
     )
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*2 mask(s) in *masks have no image*: lost0.png, lost1.png;*"])
     record, html = report_files(pytester.path / "audit-report")
     assert record["status"] == "error"
@@ -155,6 +155,6 @@ def test_folder_without_any_class_names_is_still_an_error(
     result = run_audit(
         "--audit", str(tiny_model), "--audit-suite", "gate.toml", "--audit-data", f"folder:{root}"
     )
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*no class names for *data: write *classes.txt*model's metadata*"])
     report_files(pytester.path / "audit-report")

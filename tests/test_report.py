@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from report_helpers import drawn_images
 
+import audit.files
 from audit import report
 from audit.errors import ConfigError, SegAuditError
 from audit.report import register_section, render_html, render_report, unregister_section
@@ -32,6 +34,16 @@ EXAMPLE_FILES = ("clean-000-input.png", "clean-000-gt.png", "clean-000-pred.png"
 XSS = '<script>alert("pwned")</script>'
 
 
+#: a claim entry's terms the tests here do not vary
+CLAIM_TERMS = {
+    "statistic": "estimate",
+    "timeout": None,
+    "require_proof": False,
+    "unproven": None,
+    "source": "/s/smoke.toml",
+}
+
+
 def make_results() -> dict[str, Any]:
     """A schema-1 results mapping shaped like the one the plugin writes."""
     return {
@@ -39,6 +51,7 @@ def make_results() -> dict[str, Any]:
         "complete": True,
         "status": "failed",
         "summary": {"total": 3, "passed": 1, "failed": 1, "error": 1, "skipped": 0, "not_run": 0},
+        "progress": {"claims_done": 3, "claims_total": 3, "updated_at": "2026-11-22T23:10:12Z"},
         "provenance": {
             "model": {
                 "path": "/models/demo_segnet.pt",
@@ -66,7 +79,9 @@ def make_results() -> dict[str, Any]:
                 "describe": {"kind": "synthetic", "seed": 0},
             },
             "seed": 0,
+            "device_requested": "auto",
             "device": "cpu",
+            "trust_pickle": {"enabled": False, "source": "default"},
             "batch_size": 16,
             "limit": None,
             "versions": {"python": "3.11.7", "torch": "2.14.1", "segaudit": "0.1.0"},
@@ -88,7 +103,9 @@ def make_results() -> dict[str, Any]:
                 "metric": "miou",
                 "params": {"metric": "miou", "statistic": "estimate"},
                 "threshold": {"min": 0.75, "max": None},
+                **CLAIM_TERMS,
                 "measured": 0.81,
+                "compared": 0.81,
                 "interval": {
                     "low": 0.79,
                     "high": 0.83,
@@ -111,7 +128,9 @@ def make_results() -> dict[str, Any]:
                 "metric": "pixel_accuracy",
                 "params": {},
                 "threshold": {"min": None, "max": 0.5},
+                **CLAIM_TERMS,
                 "measured": 0.93,
+                "compared": 0.93,
                 "interval": {"low": 0.91, "high": 0.95, "confidence": 0.9},
                 "verdict": "failed",
                 "message": "pixel accuracy is 0.930 (90% CI 0.910-0.950); claim requires <= 0.5",
@@ -125,8 +144,18 @@ def make_results() -> dict[str, Any]:
                 "id": "broken",
                 "statement": "An attack that crashed",
                 "kind": "attack",
+                "metric": "miou",
+                "params": {},
+                "threshold": {"min": 0.5, "max": None},
+                **CLAIM_TERMS,
+                "measured": None,
+                "compared": None,
+                "interval": None,
                 "verdict": "error",
                 "message": "EvaluationError: logits contain NaN",
+                "duration_s": 0.1,
+                "num_samples": None,
+                "evidence": {},
             },
         ],
         "evaluations": {
@@ -167,6 +196,8 @@ def make_results() -> dict[str, Any]:
                 ],
             }
         },
+        "diagnostics": [],
+        "diagnostic_checks": {},
     }
 
 
@@ -219,11 +250,17 @@ def test_page_is_self_contained_with_images_inlined(report_dir: Path) -> None:
     )
     assert not re.search(r'(?:src|href)="/', html)
     assert "<link" not in html and "<script" not in html and "@import" not in html
-    sources = re.findall(r'<img src="([^"]+)"', html)
-    assert len(sources) == 3
-    assert all(src.startswith("data:image/png;base64,iVBORw0KGgo") for src in sources)
-    # Internal links are anchors only.
-    assert all(href.startswith("#") for href in re.findall(r'href="([^"]*)"', html))
+    drawn = drawn_images(html, html)
+    assert [(alt, href) for alt, href, _ in drawn] == [
+        ("input image of synthetic-000003", "examples/clean-000-input.png"),
+        ("ground truth of synthetic-000003", "examples/clean-000-gt.png"),
+        ("prediction for synthetic-000003", "examples/clean-000-pred.png"),
+    ]
+    # Thumbnails are inline WebP; the links lead to the full-resolution files beside the page.
+    assert all(uri.startswith("data:image/webp;base64,UklGR") for _, _, uri in drawn)
+    for href in re.findall(r'href="([^"#][^"]*)"', html):
+        if not href.startswith("data:"):
+            assert (report_dir / href).resolve().is_relative_to(report_dir.resolve())
     assert "<style>" in html and ".badge-fail" in html
 
 
@@ -340,6 +377,7 @@ def test_malformed_section_data_is_reported_in_place(report_dir: Path) -> None:
     assert 'id="provenance"' in html and "smoke::clean-miou" in html
 
 
+@pytest.mark.hand_made_records("unsupported versions on purpose")
 @pytest.mark.parametrize(
     ("version", "match"),
     [(2, "newer SegAudit"), (0, "unknown schema_version"), ("1", "integer"), (None, "no 'schema")],
@@ -354,6 +392,7 @@ def test_unsupported_schema_version_raises(report_dir: Path, version: Any, match
     assert not (report_dir / "index.html").exists()
 
 
+@pytest.mark.hand_made_records("a file that is not JSON")
 def test_unreadable_results_file_raises(tmp_path: Path) -> None:
     with pytest.raises(SegAuditError, match="no results file"):
         render_report(tmp_path)
@@ -387,7 +426,7 @@ def test_failed_render_keeps_previous_report(
     def fail(src: str, dst: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report_render.os, "replace", fail)
+    monkeypatch.setattr(audit.files.os, "replace", fail)
     with pytest.raises(OSError, match="disk full"):
         render_report(report_dir)
 
@@ -422,6 +461,7 @@ def _rerender(report_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.hand_made_records("a record of a newer version")
 def test_command_line_rerenders_index(report_dir: Path) -> None:
     done = _rerender(report_dir)
     assert done.returncode == 0, done.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from report_helpers import drawn_images
 
 from audit.record.diagnostics import CHECKS
 from audit.report import render_html
@@ -299,7 +300,8 @@ def test_diagnostics_warn_when_flagged_and_name_checks_when_clear(report_dir: Pa
 
 
 def test_worst_examples_embed_images_and_open_failed_claims(report_dir: Path) -> None:
-    html = section(render_html(make_attack_results(), report_dir=report_dir))
+    page = render_html(make_attack_results(), report_dir=report_dir)
+    html = section(page)
 
     blocks = re.findall(r"<details [^>]*>.*?</details>", html, flags=re.S)
     assert len(blocks) == 2
@@ -307,10 +309,13 @@ def test_worst_examples_embed_images_and_open_failed_claims(report_dir: Path) ->
     passed = next(b for b in blocks if PASSED_EVAL in b)
     assert re.match(r'<details id="attack-examples-\d+" class="attack-examples" open>', failed)
     assert not re.match(r"<details [^>]*\bopen\b", passed)
-    for block in (failed, passed):
-        sources = re.findall(r'<img src="([^"]+)"', block)
-        assert len(sources) == 6
-        assert all(src.startswith("data:image/png;base64,iVBORw0KGgo") for src in sources)
+    for block, eval_id in ((failed, FAILED_EVAL), (passed, PASSED_EVAL)):
+        drawn = drawn_images(block, page)
+        assert [href for _, href, _ in drawn] == [
+            f"attacks/{eval_id}/0-{stem}.png"
+            for stem in ("image", "adv", "delta", "gt", "pred", "pred-adv")
+        ]
+        assert all(uri.startswith("data:image/webp;base64,") for _, _, uri in drawn)
     text = strip_tags(failed)
     for caption in ("input", "adversarial input", "perturbation", "amplified for display"):
         assert caption in text

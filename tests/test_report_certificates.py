@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from report_helpers import drawn_images
 
 from audit.report import render_html
 from audit.report.certificates import (
@@ -361,18 +362,19 @@ def test_table_lists_each_certification_at_the_claim_radii(report_dir: Path) -> 
 
 
 def test_radius_maps_embed_images_with_a_viridis_colour_bar(report_dir: Path) -> None:
-    html = section(render_html(make_results(), report_dir=report_dir), "certificates")
+    page = render_html(make_results(), report_dir=report_dir)
+    html = section(page, "certificates")
     (block,) = re.findall(r'<details id="cert-maps-1"[^>]*>.*?</details>', html, flags=re.S)
     assert re.match(r'<details id="cert-maps-1" class="attack-examples cert-maps" open>', block)
     figures = re.findall(r'<figure class="example cert-map">.*?</figure>', block, flags=re.S)
     assert len(figures) == 2
     for index, figure in enumerate(figures):
-        sources = re.findall(r'<img src="([^"]+)" alt="([^"]+)"', figure)
-        assert [alt for _, alt in sources] == [
+        drawn = drawn_images(figure, page)
+        assert [alt for alt, _, _ in drawn] == [
             f"input synthetic-00000{index}",
             f"certified radius map of synthetic-00000{index}",
         ]
-        assert all(src.startswith("data:image/png;base64,iVBORw0KGgo") for src, _ in sources)
+        assert all(uri.startswith("data:image/webp;base64,") for _, _, uri in drawn)
         gradient = re.search(r'<linearGradient id="([^"]+)"[^>]*>(.*?)</linearGradient>', figure)
         assert gradient
         stops = re.findall(r'offset="([^"]+)" stop-color="([^"]+)"', gradient.group(2))

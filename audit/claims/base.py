@@ -30,6 +30,8 @@ COMMON_KEYS: dict[str, str] = {
     "min": "the lowest acceptable value (a number)",
     "max": "the highest acceptable value (a number)",
     "statistic": "'estimate' (default), 'ci_lower' or 'ci_upper': which value is compared",
+    "tolerance": "how far the value may move against a baseline run and still count as "
+    "unchanged (a number >= 0; default 0.005)",
     **LIMIT_KEYS,
 }
 STATISTICS = ("estimate", "ci_lower", "ci_upper")
@@ -85,6 +87,9 @@ class ClaimSpec:
     timeout: float | None = None
     #: a value that rests on something unproven fails the claim (``require_proof``)
     require_proof: bool = False
+    #: how far the value may move against a baseline run (the ``tolerance`` key); ``None``:
+    #: the comparison's default
+    tolerance: float | None = None
 
     @property
     def nodeid(self) -> str:
@@ -119,17 +124,21 @@ class Verdict:
     detail: str
 
 
+def _compared(spec: ClaimSpec, m: Measurement) -> tuple[float, str]:
+    """The value the threshold is compared with, and its name in words."""
+    if spec.statistic == "estimate" or m.interval is None:
+        return m.value, m.quantity
+    side = "lower" if spec.statistic == "ci_lower" else "upper"
+    compared = m.interval.low if side == "lower" else m.interval.high
+    return compared, f"{side} {m.interval.confidence:.0%} bound of {m.quantity}"
+
+
 def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
     """Compare a measurement with the claim's threshold and word the outcome as sentences.
 
     The first line reads alone as pytest's short summary.
     """
-    if spec.statistic == "estimate" or m.interval is None:
-        compared, which = m.value, m.quantity
-    else:
-        side = "lower" if spec.statistic == "ci_lower" else "upper"
-        compared = m.interval.low if side == "lower" else m.interval.high
-        which = f"{side} {m.interval.confidence:.0%} bound of {m.quantity}"
+    compared, which = _compared(spec, m)
     passed = spec.threshold.holds(compared)
     ci = ""
     if m.interval is not None:
@@ -158,6 +167,26 @@ def judge(spec: ClaimSpec, m: Measurement) -> Verdict:
             + (f" ({sample_text}{ci})" if m.num_samples else "")
         )
     return Verdict(passed=passed, compared=compared, summary=summary, detail=detail)
+
+
+def judge_regression(
+    spec: ClaimSpec, m: Measurement, verdict: Verdict, row: Mapping[str, Any], *, note: str = ""
+) -> Verdict:
+    """The verdict of a claim that holds but regressed against a baseline run, for
+    ``fail_on_regression``; ``row`` is its :func:`audit.record.baseline.compare_claim` row and
+    ``note`` a caveat on the comparison (different data)."""
+    _, which = _compared(spec, m)
+    loss, tolerance = row["loss"], row["tolerance"]
+    # as many decimals as it takes for the loss to read larger than the tolerance
+    decimals = 3
+    while decimals < 8 and round(loss, decimals) <= tolerance:
+        decimals += 1
+    summary = (
+        f"claim {spec.id!r} regressed: {which} {m.condition} is {row['new']:.3f}, the baseline "
+        f"run had {row['old']:.3f}: regressed by {loss:.{decimals}f} (tolerance {tolerance:g}); "
+        f"its threshold ({spec.threshold.describe()}) holds" + (f"; {note}" if note else "")
+    )
+    return Verdict(passed=False, compared=verdict.compared, summary=summary, detail=verdict.detail)
 
 
 class ClaimFailed(AssertionError):

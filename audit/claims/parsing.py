@@ -11,6 +11,7 @@ parses them derives from :class:`SweepKind` and becomes one item per value.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
@@ -47,6 +48,21 @@ def whole_number(
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise where.error(f"expected a whole number >= {low}, got {value!r}", key=key)
     return value
+
+
+def parse_tolerance(raw: Mapping[str, Any], where: Where) -> float | None:
+    """The claim's ``tolerance`` against a baseline run (a finite number >= 0), or ``None``."""
+    value = raw.get("tolerance")
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise where.error(f"expected a number >= 0, got {value!r}", key="tolerance")
+    return float(value)
 
 
 def metric_choices(metrics: Sequence[str], class_prefix: str) -> str:

@@ -146,14 +146,29 @@ def open_dataset(
         raise _error(message, exc.key) from exc
 
 
+def data_root(spec: str, *, base_dir: Path | None = None) -> Path | None:
+    """The folder a spec reads (None for synthetic data), without opening it: for checks
+    that must fail before any work, such as a mistyped path."""
+    head = spec.strip().partition("?")[0]
+    kind, _, path = head.partition(":")
+    if kind.strip().lower() == "synthetic" or not path.strip():
+        return None
+    return _root(path.strip(), base_dir)
+
+
+def _root(path: str, base_dir: Path | None) -> Path:
+    root = Path(path).expanduser()
+    if not root.is_absolute():
+        root = (base_dir if base_dir is not None else Path.cwd()) / root
+    return root
+
+
 def _build(
     kind: str, path: str, kwargs: dict[str, Any], base_dir: Path | None
 ) -> SegmentationDataset:
     if kind == "synthetic":
         return SyntheticStreetScenes(**kwargs)
-    root = Path(path).expanduser()
-    if not root.is_absolute():
-        root = (base_dir if base_dir is not None else Path.cwd()) / root
+    root = _root(path, base_dir)
     if kind == "cityscapes":
         return CityscapesDataset(root, **kwargs)
     if kind == "voc":

@@ -1,7 +1,20 @@
-"""Example images for the report: input, ground truth and prediction as PNG files."""
+"""Example images for the report: inputs, ground truths and predictions as PNG files.
+
+The files are the full-resolution evidence; the report embeds thumbnails of a few and links
+all of them.  An image that is the same in every evaluation (an input, its ground truth, the
+clean prediction) is written once, under ``examples/`` with its content digest in the name,
+and every entry that shows it names that file: an audit with 40 attack evaluations used to
+write the same input 40 times.  Masks are palette PNGs (one byte a pixel instead of three).
+PNGs are written at zlib level 1: deflate gains little on photographs at any level, and
+``optimize=True`` (level 9 plus a search over filters) made writing the examples of an
+``arnab2018`` run take longer than rendering its whole report.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +27,10 @@ from audit.evaluations.clean import Example
 
 #: colour of ignored pixels in drawn masks
 IGNORE_COLOUR = (0, 0, 0)
+#: folder, inside the report folder, of the images shared between evaluations
+SHARED_FOLDER = "examples"
+#: zlib level of the PNG files (see the module docstring)
+PNG_COMPRESS_LEVEL = 1
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int) -> np.ndarray:
@@ -28,30 +45,76 @@ def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: i
     return rgb
 
 
+def label_image(
+    mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int
+) -> Image.Image:
+    """A mask as a palette image drawing what :func:`colorize` draws: ignored pixels and
+    labels without a colour in :data:`IGNORE_COLOUR`.  RGB when the palette leaves no spare
+    entry for them."""
+    if len(palette) > 255:
+        return Image.fromarray(colorize(mask, palette, ignore_index))
+    spare = len(palette)
+    labels = np.asarray(mask).astype(np.int64)
+    known = (labels >= 0) & (labels < spare) & (labels != ignore_index)
+    image = Image.fromarray(np.where(known, labels, spare).astype(np.uint8))
+    colours = [tuple(int(c) for c in colour) for colour in palette] + [IGNORE_COLOUR]
+    image.putpalette([channel for colour in colours for channel in colour])
+    return image
+
+
+def _save(image: Image.Image, path: Path) -> None:
+    # Written aside and moved into place: a shared file is reused by name, so a file cut
+    # short by a crash must never be left under that name.
+    temp = path.with_name(f".{path.name}.tmp")
+    image.save(temp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    os.replace(temp, path)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.")[:80] or "image"
+
+
+def save_shared(report_dir: Path, name: str, role: str, image: Image.Image) -> str:
+    """Write ``image`` once as ``examples/<name>-<role>-<digest>.png``; return that path,
+    relative to the report folder.  The digest covers the pixels and the palette, so equal
+    images share a file and different ones never do."""
+    digest = hashlib.sha256()
+    digest.update(f"{image.mode} {image.size}".encode())
+    digest.update(image.tobytes())
+    if image.mode == "P":
+        digest.update(bytes(image.getpalette() or ()))
+    relative = f"{SHARED_FOLDER}/{_slug(name)}-{role}-{digest.hexdigest()[:12]}.png"
+    path = report_dir / relative
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _save(image, path)
+    return relative
+
+
 def write_examples(
     report_dir: Path,
     examples: Sequence[Example],
     *,
     palette: Sequence[Sequence[int]],
     ignore_index: int,
-    prefix: str = "clean",
 ) -> list[dict[str, Any]]:
-    """Write each example's three images under ``report_dir/examples``; return results entries."""
-    folder = report_dir / "examples"
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write each clean example's input, ground truth and prediction (shared files, see
+    :func:`save_shared`); return the record's entries."""
     entries = []
-    for i, ex in enumerate(examples):
-        stem = f"{prefix}-{i:03d}"
-        files = {
-            "image": (f"{stem}-input.png", ex.image),
-            "ground_truth": (f"{stem}-gt.png", colorize(ex.mask, palette, ignore_index)),
-            "prediction": (f"{stem}-pred.png", colorize(ex.prediction, palette, ignore_index)),
-        }
-        entry: dict[str, Any] = {"name": ex.name, "pixel_accuracy": ex.pixel_accuracy}
-        for key, (filename, array) in files.items():
-            Image.fromarray(array).save(folder / filename, optimize=True)
-            entry[key] = f"examples/{filename}"
-        entries.append(entry)
+    for ex in examples:
+        entries.append(
+            {
+                "name": ex.name,
+                "pixel_accuracy": ex.pixel_accuracy,
+                "image": save_shared(report_dir, ex.name, "input", Image.fromarray(ex.image)),
+                "ground_truth": save_shared(
+                    report_dir, ex.name, "gt", label_image(ex.mask, palette, ignore_index)
+                ),
+                "prediction": save_shared(
+                    report_dir, ex.name, "pred", label_image(ex.prediction, palette, ignore_index)
+                ),
+            }
+        )
     return entries
 
 
@@ -63,27 +126,42 @@ def write_adversarial_examples(
     palette: Sequence[Sequence[int]],
     ignore_index: int,
 ) -> list[dict[str, Any]]:
-    """Write each attacked example's six images under ``report_dir/attacks/<id>``."""
+    """Write each attacked example's images: the input, ground truth and clean prediction
+    shared with every other evaluation (:func:`save_shared`), the adversarial input,
+    perturbation and adversarial prediction under ``attacks/<id>/``."""
     folder = report_dir / "attacks" / evaluation_id
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, ex in enumerate(examples):
-        files = {
-            "image": ("image", ex.image),
-            "adversarial": ("adv", ex.adversarial),
-            "perturbation": ("delta", ex.perturbation),
-            "ground_truth": ("gt", colorize(ex.mask, palette, ignore_index)),
-            "prediction_clean": ("pred", colorize(ex.prediction_clean, palette, ignore_index)),
-            "prediction_adv": ("pred-adv", colorize(ex.prediction_adv, palette, ignore_index)),
-        }
         entry: dict[str, Any] = {
             "name": ex.name,
             "pixel_accuracy_clean": ex.pixel_accuracy_clean,
             "pixel_accuracy_adv": ex.pixel_accuracy_adv,
         }
-        for key, (suffix, array) in files.items():
-            filename = f"{i}-{suffix}.png"
-            Image.fromarray(array).save(folder / filename, optimize=True)
-            entry[key] = f"attacks/{evaluation_id}/{filename}"
+        # (key, file role, image, shared by every evaluation that shows this sample)
+        cells = (
+            ("image", "input", Image.fromarray(ex.image), True),
+            ("adversarial", "adv", Image.fromarray(ex.adversarial), False),
+            ("perturbation", "delta", Image.fromarray(ex.perturbation), False),
+            ("ground_truth", "gt", label_image(ex.mask, palette, ignore_index), True),
+            (
+                "prediction_clean",
+                "pred",
+                label_image(ex.prediction_clean, palette, ignore_index),
+                True,
+            ),
+            (
+                "prediction_adv",
+                "pred-adv",
+                label_image(ex.prediction_adv, palette, ignore_index),
+                False,
+            ),
+        )
+        for key, role, image, shared in cells:
+            if shared:
+                entry[key] = save_shared(report_dir, ex.name, role, image)
+            else:
+                _save(image, folder / f"{i}-{role}.png")
+                entry[key] = f"attacks/{evaluation_id}/{i}-{role}.png"
         entries.append(entry)
     return entries

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import SegAuditError
+from audit.files import write_text_atomic
 
 SCHEMA_VERSION = 1
 VERDICTS = ("passed", "failed", "error", "skipped", "not_run")
@@ -27,22 +28,28 @@ VERDICTS = ("passed", "failed", "error", "skipped", "not_run")
 RUNNING = "running"
 
 
+#: where a run of some claims only writes when the report folder holds a complete record
+PARTIAL_DIR = "partial"
+
+
+def complete_record_in(folder: Path) -> bool:
+    """Whether ``folder/results.json`` is the record of a complete run."""
+    try:
+        record = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("complete") is True
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     """Write JSON through a temporary file and ``os.replace``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False, default=_jsonable)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialised first: a value JSON cannot hold (NaN) fails before any file is touched.
+    text = json.dumps(data, indent=2, allow_nan=False, default=_jsonable) + "\n"
+    write_text_atomic(path, text)
 
 
 def ensure_writable_dir(path: Path, *, what: str = "report folder") -> None:
@@ -68,6 +75,14 @@ def ensure_writable_dir(path: Path, *, what: str = "report folder") -> None:
             f"{what} {path} is not writable ({exc.strerror or exc}); name a folder this "
             "user can write to"
         ) from None
+
+
+def ensure_writable_file(path: Path, *, what: str) -> None:
+    """Refuse, before any work, a file path that names a folder or lies where nothing can
+    be written (its folder is created, as the report folder is)."""
+    if path.is_dir():
+        raise SegAuditError(f"{what} {path} is a folder; name a file")
+    ensure_writable_dir(path.parent, what=f"{what} folder")
 
 
 def _jsonable(value: Any) -> Any:
@@ -103,6 +118,8 @@ class RunRecorder:
         #: what stopped the run early ("SIGTERM", "SIGINT", "--exitfirst", ...), if anything
         self.interrupted_by: str | None = None
         self.finished = False
+        #: this run against a baseline run (audit.record.baseline), when one is given
+        self.baseline: dict[str, Any] | None = None
 
     def add_suite(self, suite: Mapping[str, Any]) -> None:
         if all(s["path"] != suite["path"] for s in self.suites):
@@ -125,6 +142,8 @@ class RunRecorder:
                 "threshold": spec.threshold.to_dict(),
                 # the claim's own wall-clock budget (None: the claim_timeout setting's, if any)
                 "timeout": spec.timeout,
+                # how far the value may move against a baseline run (None: the default)
+                "tolerance": spec.tolerance,
                 # whether a value resting on something unproven fails the claim, and what
                 # the measured value rests on that is not proven (set once measured)
                 "require_proof": spec.require_proof,
@@ -160,11 +179,13 @@ class RunRecorder:
         return {"total": len(self.claims), "error": counts.pop("error"), **counts}
 
     def status(self, complete: bool) -> str:
+        # A claim the model broke is the headline even when others could not run: a
+        # reader skimming "ERROR" would take it for a broken setup, not a broken model.
         s = self.summary()
-        if s["error"] or self.errors:
-            return "error"
         if s["failed"]:
             return "failed"
+        if s["error"] or self.errors:
+            return "error"
         if not complete:
             return "incomplete"
         return "passed"
@@ -198,6 +219,7 @@ class RunRecorder:
             "evaluations": self.evaluations,
             "diagnostics": self.diagnostics,
             "diagnostic_checks": self.diagnostic_checks,
+            **({"baseline": self.baseline} if self.baseline is not None else {}),
         }
 
     def write(self, report_dir: Path, *, complete: bool) -> Path:

@@ -8,10 +8,15 @@ number formatting, so partials only print ready-made strings (the environment us
 ``StrictUndefined``; a partial that reaches for a missing key fails loudly instead of printing
 nothing).  Adding a section is one partial plus one :func:`register_section` call.
 
-Everything in the page is inline: CSS from ``style.css``, images as base64 data URIs (partials
-call ``embed_image(path, alt)``), charts as SVG.  Nothing refers to the network, so the file
-can be archived, mailed and printed for a review.  Claim statements, sample names and paths
-are user text, so autoescaping is on for every template.
+Everything in the page is inline: CSS from ``style.css``, charts as SVG, and images as WebP
+thumbnails in data URIs, each distinct image once, linked to its full-resolution file in the
+report folder (partials call ``embed_image(path, alt)``, and ``image_link(path, text)`` for
+a link alone; :mod:`~audit.report.embed`).  Nothing refers to the network, so the file can
+be archived, mailed and printed for a review; the links work where the folder goes with it.
+Each evaluation shows a fixed gallery of its worst examples and links the others, so the
+page does not grow with the number of images audited (budget and figures: bench/README.md).
+Claim statements, sample names and paths are user text, so autoescaping is on for every
+template.
 
 An incomplete run (``complete`` is not ``true``) gets a banner listing what is missing; an
 optional top-level ``"reason"`` string, when the writer records one, leads that list.
@@ -26,8 +31,9 @@ section (:mod:`~audit.report.summary`, :mod:`~audit.report.clean`,
 :mod:`~audit.report.attacks`, :mod:`~audit.report.certificates` with
 :mod:`~audit.report.lipschitz`, :mod:`~audit.report.certified` and
 :mod:`~audit.report.soundness`, :mod:`~audit.report.provenance`),
-:mod:`~audit.report.embed` (images as data URIs), :mod:`~audit.report.render` (schema check,
-Jinja environment, writing the page) and :mod:`~audit.report.__main__` (the command line).
+:mod:`~audit.report.embed` (thumbnails, each embedded once), :mod:`~audit.report.render`
+(schema check, Jinja environment, writing the page) and :mod:`~audit.report.__main__` (the
+command line).
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from audit.report.charts import (
     marker_path,
     spaced_ticks,
 )
+from audit.report.embed import THUMBNAIL_SIDE
 from audit.report.format import (
     NA,
     finite,
@@ -43,9 +44,18 @@ from audit.report.format import (
 )
 
 # Re-exported: the palette, markers and checks a reader of this section's tests looks up here.
-__all__ = ["MARKERS", "NOISE_COLOR", "PALETTE", "build_attacks"]
+__all__ = ["GALLERY_EXAMPLES", "MARKERS", "NOISE_COLOR", "PALETTE", "build_attacks"]
 
 NOISE_COLOR = "#6e7781"
+#: Worst examples of each evaluation drawn in the page; the others the record keeps are
+#: linked.  Two show whether the worst case is a one-off; each adds about 25 kB (its
+#: adversarial input, perturbation and prediction; the input, ground truth and clean
+#: prediction are shared), so ``arnab2018``'s 40 evaluations take about 2 MB of page.
+GALLERY_EXAMPLES = 2
+#: Longest side of a perturbation's thumbnail: the amplified perturbation is pixel-level
+#: noise that a 160-pixel cell shows as texture at any resolution, and at full thumbnail
+#: size it was half the bytes of the page.
+PERTURBATION_SIDE = THUMBNAIL_SIDE // 2
 
 _NORM_ORDER = {"linf": 0, "l2": 1}
 _NORM_LABELS = {"linf": "Linf", "l2": "L2"}
@@ -428,7 +438,13 @@ def _example_cells(example: Mapping[str, Any], name: str) -> list[dict[str, Any]
         ("prediction_adv", "adversarial prediction", f"pixel acc. {adv_acc}"),
     )
     return [
-        {"path": example.get(key), "alt": f"{title} of {name}", "title": title, "caption": note}
+        {
+            "path": example.get(key),
+            "alt": f"{title} of {name}",
+            "title": title,
+            "caption": note,
+            "side": PERTURBATION_SIDE if key == "perturbation" else THUMBNAIL_SIDE,
+        }
         for key, title, note in cells
     ]
 
@@ -460,7 +476,9 @@ def _examples(ordered: Sequence[_Evaluation], anchors: Mapping[int, str]) -> lis
                 "count": len(examples),
                 "open": evaluation.failed,
                 "claims": evaluation.claims,
-                "examples": examples,
+                # The record keeps them worst first.
+                "examples": examples[:GALLERY_EXAMPLES],
+                "linked": examples[GALLERY_EXAMPLES:],
             }
         )
     return blocks
@@ -518,6 +536,7 @@ def build_attacks(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "noise": any(e.is_noise for e in evaluations),
         "diagnostics": _diagnostics(results),
         "examples": _examples(ordered, anchors),
+        "gallery": GALLERY_EXAMPLES,
         "min_norm": min_norm,
         "quantile_labels": [f"q{float(q) * 100:g}" for q in _QUANTILES],
     }

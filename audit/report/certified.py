@@ -406,6 +406,11 @@ def _share_captions(raw: Any) -> str:
     return ", ".join(text for _, text in sorted(shares))
 
 
+#: Radius maps drawn per certification (the ``examples`` setting may record more); the
+#: others are linked, so the page does not grow with that setting.
+MAP_GALLERY = 4
+
+
 def radius_maps(lipschitz: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per-pixel certified radius maps of each Lipschitz certification's examples."""
     blocks = []
@@ -436,7 +441,9 @@ def radius_maps(lipschitz: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                     "id": cert["id"],
                     "title": f"Lipschitz certification, L = {cert['lipschitz']}",
                     "open": not blocks,
-                    "examples": examples,
+                    "count": len(examples),
+                    "examples": examples[:MAP_GALLERY],
+                    "linked": examples[MAP_GALLERY:],
                 }
             )
     return blocks

@@ -22,6 +22,9 @@ from audit.report.format import (
 
 #: Beyond this many classes a confusion matrix table stops being readable on a page.
 MAX_CONFUSION_CLASSES = 40
+#: Clean examples drawn in the page (the ``examples`` setting, 4 by default, may ask for
+#: more); the others are linked, so the page does not grow with that setting.
+CLEAN_GALLERY = 8
 
 _METRIC_LABELS = {
     "miou": "mIoU",
@@ -141,6 +144,7 @@ def build_clean(results: Mapping[str, Any]) -> dict[str, Any] | None:
     if not isinstance(clean, Mapping):
         return None
     per_class = _per_class(clean)
+    examples = _examples(clean)
     return {
         "num_samples": fmt_number(clean.get("num_samples")),
         "num_pixels": fmt_number(clean.get("num_pixels")),
@@ -149,7 +153,8 @@ def build_clean(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "metrics": _headline_metrics(clean),
         "per_class": per_class,
         "chart": _iou_chart(per_class, mapping(clean.get("metrics")).get("miou")),
-        "examples": _examples(clean),
+        "examples": examples[:CLEAN_GALLERY],
+        "linked": examples[CLEAN_GALLERY:],
     }
 
 

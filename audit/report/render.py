@@ -1,14 +1,13 @@
 """Rendering: schema check, loading ``results.json`` and writing ``index.html``.
 
 The Jinja environment lives here; the sections feed it and :mod:`audit.report.embed` gives
-partials their ``embed_image`` helper.
+partials their ``embed_image`` (a thumbnail linked to the full-resolution file) and
+``image_link`` (a link alone) helpers.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -19,8 +18,9 @@ import jinja2
 from markupsafe import Markup
 
 from audit.errors import SegAuditError
+from audit.files import write_text_atomic
 from audit.report.accessors import counts, fmt_pickle_trust, mapping, run_errors, status
-from audit.report.embed import embed_image
+from audit.report.embed import PageImages
 from audit.report.format import fmt_any
 from audit.report.sections import sections
 from audit.resources import templates_dir
@@ -171,6 +171,7 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
     complete = results.get("complete") is True
     badge, badge_css = status(results)
     trust = mapping(provenance.get("trust_pickle"))
+    images = PageImages(report_dir)
     return env.get_template("index.html.j2").render(
         # style.css ships with the package, so it is trusted markup.
         css=Markup(css),
@@ -186,7 +187,10 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
         pickle_trusted=trust.get("enabled") is True,
         segaudit_version=fmt_any(mapping(provenance.get("versions")).get("segaudit")),
         schema_version=SCHEMA_VERSION,
-        embed_image=lambda path, alt="": embed_image(report_dir, path, alt),
+        embed_image=images,
+        image_link=images.link,
+        # Called at the end of the page, after every section has drawn its images.
+        image_definitions=images.definitions,
     )
 
 
@@ -222,16 +226,5 @@ def render_report(report_dir: str | Path, *, results: Mapping[str, Any] | None =
         results = load_results(report_dir)
     html = render_html(results, report_dir=report_dir)
     target = report_dir / INDEX_FILE
-    fd, temp_name = tempfile.mkstemp(prefix=f".{INDEX_FILE}.", suffix=".tmp", dir=report_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(html)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp creates 0600 files; a report is meant to be read by others.
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, html, fsync=True)
     return target

@@ -72,7 +72,8 @@ def register_section(
     """Add a section to every report rendered from now on.
 
     ``template`` names a partial in the templates folder; it sees the builder's result as
-    ``ctx`` and may call ``embed_image(path, alt)`` for an image relative to the report folder.
+    ``ctx`` and may call ``embed_image(path, alt)`` for an image relative to the report folder
+    (a thumbnail linked to the file) and ``image_link(path, text)`` for a link alone.
     The section goes at the end unless ``before`` or ``after`` names an existing key; new
     result sections usually belong ``before="provenance"``.
     """
