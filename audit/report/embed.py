@@ -36,7 +36,7 @@ MAX_EMBED_BYTES = 16 * 1024 * 1024
 #: cell (six to a row), enough for a high-density screen and for print.
 THUMBNAIL_SIDE = 320
 #: WebP quality of photographic thumbnails (inputs, adversarial inputs, radius maps); at 60
-#: the artefacts are below what a 160-pixel cell shows, at a third of the bytes of 90.
+#: the artefacts are below what a 160-pixel cell shows, at half the bytes of 90.
 PHOTO_QUALITY = 60
 #: Images with at most this many colours are label maps: lossless and nearest-neighbour.
 MAX_LABEL_COLOURS = 256
