@@ -26,7 +26,12 @@ from audit.evaluations.certified import KAPPA, LipschitzCertification, smoothing
 from audit.evaluations.clean import evaluate_clean
 from audit.metrics import finite_or_none
 from audit.record.diagnostics import CHECKS, attack_diagnostics
-from audit.record.images import write_adversarial_examples, write_examples
+from audit.record.images import (
+    PNG_COMPRESS_LEVEL,
+    save_shared,
+    write_adversarial_examples,
+    write_examples,
+)
 from audit.record.writer import RunRecorder
 
 
@@ -296,12 +301,15 @@ def _write_radius_maps(report_dir: Path, entry_id: str, examples: Any) -> list[d
         low = np.floor(scaled).astype(int).clip(0, len(stops) - 2)
         frac = (scaled - low)[..., None]
         rgb = (stops[low] * (1 - frac) + stops[low + 1] * frac).round().astype(np.uint8)
-        Image.fromarray(ex.image).save(folder / f"{i}-image.png", optimize=True)
-        Image.fromarray(rgb).save(folder / f"{i}-radius.png", optimize=True)
+        # the input is the one the clean examples show: shared, not written again
+        image = save_shared(report_dir, ex.name, "input", Image.fromarray(ex.image))
+        Image.fromarray(rgb).save(
+            folder / f"{i}-radius.png", format="PNG", compress_level=PNG_COMPRESS_LEVEL
+        )
         out.append(
             {
                 "name": ex.name,
-                "image": f"certificates/{entry_id}/{i}-image.png",
+                "image": image,
                 "radius_map": f"certificates/{entry_id}/{i}-radius.png",
                 "radius_max_shown": top,
                 "median_radius": float(np.median(radius)),
