@@ -456,18 +456,21 @@ def test_conv_subclass_with_its_own_forward_is_traced_through() -> None:
     assert lipschitz_bound(layer).value == pytest.approx(2 * lipschitz_bound(plain).value)
 
 
-def test_inplace_update_of_a_shared_tensor_is_refused() -> None:
-    class Shared(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 3, 1)
+class Shared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv(x)
-            return y + y.relu_()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y + y.relu_()
 
+
+@pytest.mark.parametrize("front_end", ["fx", "torchscript"])
+def test_inplace_update_of_a_shared_tensor_is_refused(front_end: str) -> None:
+    model = Shared() if front_end == "fx" else torch.jit.script(Shared())
     with pytest.raises(UnsupportedLayer, match="in-place"):
-        lipschitz_bound(Shared())
+        lipschitz_bound(model)
 
 
 def test_input_dependent_kernel_is_refused() -> None:

@@ -147,20 +147,6 @@ def test_torchscript_constant_branch_is_followed() -> None:
     assert scripted == pytest.approx(2 * lipschitz_bound(model.conv).value, rel=1e-12)
 
 
-def test_inplace_update_of_a_shared_tensor_is_refused_in_torchscript() -> None:
-    class Shared(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 3, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = self.conv(x)
-            return y + y.relu_()
-
-    with pytest.raises(UnsupportedLayer, match="in-place"):
-        lipschitz_bound(torch.jit.script(seeded(Shared)))
-
-
 def test_inplace_activation_after_a_fresh_tensor_is_accepted(tmp_path: Path) -> None:
     # torchvision's ReLU(inplace=True) after BatchNorm, with the input used again later
     class Block(nn.Module):
