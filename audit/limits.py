@@ -123,14 +123,23 @@ def check_ceilings(raw: Mapping[str, Any], where: ClaimLocation) -> None:
 
 def parse_timeout(raw: Mapping[str, Any], where: ClaimLocation) -> float | None:
     """The claim's ``timeout`` in seconds (a finite number > 0), or ``None``."""
-    value = raw.get("timeout")
+    return optional_number(raw, "timeout", where, zero_allowed=False, what="a number of seconds")
+
+
+def optional_number(
+    raw: Mapping[str, Any], key: str, where: ClaimLocation, *, zero_allowed: bool, what: str
+) -> float | None:
+    """``raw[key]`` as a finite number > 0 (>= 0 if ``zero_allowed``), or ``None``."""
+    value = raw.get(key)
     if value is None:
         return None
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
         or not math.isfinite(value)
-        or value <= 0
+        or value < 0
+        or (value == 0 and not zero_allowed)
     ):
-        raise where.error(f"expected a number of seconds > 0, got {value!r}", key="timeout")
+        bound = ">= 0" if zero_allowed else "> 0"
+        raise where.error(f"expected {what} {bound}, got {value!r}", key=key)
     return float(value)

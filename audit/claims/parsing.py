@@ -11,12 +11,12 @@ parses them derives from :class:`SweepKind` and becomes one item per value.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Literal, TypeVar
 
 from audit.claims.base import ClaimKind, ClaimSpec, Where
+from audit.limits import optional_number
 from audit.threat import Epsilon, ThreatModel, epsilon_problem, parse_epsilon
 
 T = TypeVar("T")
@@ -52,17 +52,7 @@ def whole_number(
 
 def parse_tolerance(raw: Mapping[str, Any], where: Where) -> float | None:
     """The claim's ``tolerance`` against a baseline run (a finite number >= 0), or ``None``."""
-    value = raw.get("tolerance")
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise where.error(f"expected a number >= 0, got {value!r}", key="tolerance")
-    return float(value)
+    return optional_number(raw, "tolerance", where, zero_allowed=True, what="a number")
 
 
 def metric_choices(metrics: Sequence[str], class_prefix: str) -> str:
