@@ -411,3 +411,17 @@ def test_familywise_guarantee_holds_empirically(correction: str) -> None:
     assert low <= errors <= high, f"{errors} errors, expected {rate * repeats:.1f} ({low}-{high})"
     # power: the easy pixels, and Holm's step-down the exact rate assumes
     assert easy_missed == 0, f"{easy_missed} easy pixels abstained"
+
+
+def test_ceiling_never_suggests_a_tau_that_certifies_nothing() -> None:
+    # with n = 10 even tau = 0.5 is too strict for 512 x 1024 pixels: 0.5^10 > alpha / K,
+    # and a tau <= 0.5 would certify radius 0; only more samples help
+    pixels = 512 * 1024
+    with pytest.raises(ConfigError) as info:
+        SmoothingConfig(n=10, tau=0.75, alpha=1e-3).validate(pixels)
+    message = str(info.value)
+    assert "tau <=" not in message and "use n >= 70" in message, message
+    SmoothingConfig(n=70, tau=0.75, alpha=1e-3).validate(pixels)
+    # where a lower tau works, its radius is given so the user sees what it buys
+    with pytest.raises(ConfigError, match=r"tau <= 0\.818 \(radius 0\.227\) or n >= 191"):
+        SmoothingConfig(n=100, tau=0.9, alpha=1e-3, sigma=0.25).validate(pixels)

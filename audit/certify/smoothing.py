@@ -117,12 +117,17 @@ class SmoothingConfig:
         if log_floor > log_level:
             best_tau = math.floor(math.exp(log_level / self.n) * 1e4) / 1e4
             min_n = math.ceil(log_level / math.log(self.tau))
+            # A tau of 0.5 or less certifies radius 0: never suggest one.
+            lower_tau = ""
+            if best_tau > 0.5:
+                radius = self.sigma * NormalDist().inv_cdf(best_tau)
+                lower_tau = f"tau <= {best_tau:g} (radius {radius:.3g}) or "
             raise ConfigError(
                 f"tau={self.tau:g} with n={self.n} can never certify a pixel: even if all "
                 f"{self.n} samples agree, a pixel's p-value is tau^n = {math.exp(log_floor):.3g}, "
                 f"above alpha/K = {self.alpha:g}/{num_pixels} = {math.exp(log_level):.3g} "
-                f"that {self.correction} needs for {num_pixels} pixels; use tau <= {best_tau:g} "
-                f"or n >= {min_n} (or a larger alpha, or fewer pixels)"
+                f"that {self.correction} needs for {num_pixels} pixels; use {lower_tau}"
+                f"n >= {min_n} (or a larger alpha, or fewer pixels)"
             )
 
     @property
