@@ -566,3 +566,15 @@ def test_page_renders_in_a_headless_browser(report_dir: Path, tmp_path: Path) ->
     # The FAIL badge's red must be on screen, and the page must be more than a blank canvas.
     assert any(rgb == (0xCF, 0x22, 0x2E) for _, rgb in colours)
     assert len(colours) > 50
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(1.0002, "1.0002"), (1.0, "1.000"), (0.5, "0.500"), (0.41234, "0.41234"),
+     (0.123456789, "0.123457"), (1234.56789, "1234.568"), (1e-5, "1e-05"), (12, "12")],
+)  # fmt: skip
+def test_numbers_show_the_digits_that_differ(value: float, shown: str) -> None:
+    # a Lipschitz constant of 1.0002 read as 1.000 misled a reviewer
+    from audit.report.format import fmt_number
+
+    assert fmt_number(value) == shown

@@ -30,7 +30,8 @@ def finite(value: Any) -> float | None:
 
 
 def fmt_number(value: Any) -> str:
-    """A measured value for display: 3 decimals for scores, separators for counts."""
+    """A measured value for display: at least 3 decimals for scores, up to 6 significant
+    digits where they differ (1.0002 must not read 1.000), separators for counts."""
     if value is None:
         return MISSING
     if isinstance(value, bool):
@@ -41,7 +42,9 @@ def fmt_number(value: Any) -> str:
         if not math.isfinite(value):
             return str(value)
         if value == 0 or 0.01 <= abs(value) < 1e4:
-            return f"{value:.3f}"
+            short = f"{value:.6g}"
+            decimals = len(short.partition(".")[2])
+            return short if decimals >= 3 else f"{value:.3f}"
         return f"{value:.3g}"
     return str(value)
 
