@@ -578,3 +578,18 @@ def test_numbers_show_the_digits_that_differ(value: float, shown: str) -> None:
     from audit.report.format import fmt_number
 
     assert fmt_number(value) == shown
+
+
+def test_weak_evidence_shows_on_the_claim_row(tmp_path: Path) -> None:
+    results = make_results()
+    clean = results["claims"][0]  # passed, mIoU 0.81 >= 0.75
+    clean["num_samples"] = 4
+    clean["interval"] = dict(clean["interval"], low=0.70, high=0.88)
+    html = render_html(results, report_dir=tmp_path)
+    assert "interval from 4 image(s)" in html
+    assert "passed on the estimate, but its interval crosses the threshold" in html
+
+
+def test_strong_evidence_carries_no_warning(tmp_path: Path) -> None:
+    html = render_html(make_results(), report_dir=tmp_path)  # 64 images, 0.79 > 0.75
+    assert 'class="evidence-warning"' not in html and "crosses the threshold" not in html

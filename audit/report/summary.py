@@ -20,6 +20,7 @@ from audit.report.accessors import (
 )
 from audit.report.format import (
     MISSING,
+    finite,
     fmt_any,
     fmt_duration,
     fmt_interval,
@@ -91,7 +92,31 @@ def build_claims(results: Mapping[str, Any]) -> dict[str, Any]:
                 "prominent": value != "passed",
                 "num_samples": fmt_number(claim.get("num_samples")),
                 "duration": fmt_duration(claim.get("duration_s")),
+                "warnings": evidence_warnings(claim),
             }
         )
     rows.sort(key=lambda row: row["order"])
     return {"rows": rows}
+
+
+#: fewer images than this make a bootstrap interval little more than a guess
+FEW_IMAGES = 10
+
+
+def evidence_warnings(claim: Mapping[str, Any]) -> list[str]:
+    """Why a claim's evidence is weaker than its verdict reads: an interval from a handful
+    of images, or a PASS whose interval reaches across the threshold."""
+    warnings = []
+    interval = mapping(claim.get("interval"))
+    low, high = finite(interval.get("low")), finite(interval.get("high"))
+    count = claim.get("num_samples")
+    if low is not None and isinstance(count, int) and count < FEW_IMAGES:
+        warnings.append(f"interval from {count} image(s): the bootstrap says little with so few")
+    threshold = mapping(claim.get("threshold"))
+    floor, ceiling = finite(threshold.get("min")), finite(threshold.get("max"))
+    crosses = (floor is not None and low is not None and low < floor) or (
+        ceiling is not None and high is not None and high > ceiling
+    )
+    if claim.get("verdict") == "passed" and crosses:
+        warnings.append("passed on the estimate, but its interval crosses the threshold")
+    return warnings
