@@ -27,7 +27,7 @@ test-fast: setup
 ## writes a screenshot and an A4 PDF to $(REPORT)/browser-check
 browser-check: demo
 	bash scripts/browser_setup.sh
-	$(BIN)/python scripts/browser_check.py $(REPORT) --out $(REPORT)/browser-check
+	$(BIN)/python scripts/browser_check.py $(REPORT) --out $(REPORT)/browser-check --min-pages 2
 
 lint: setup
 	$(BIN)/ruff check .

@@ -11,12 +11,26 @@ way it does for every new file (0644 under the usual umask 022).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
 
 #: attempts at a free temporary name; a clash needs two writers drawing the same 8 hex digits
 _ATTEMPTS = 16
+#: the evidence manifest in a report folder (written by audit.record.manifest, shown by the
+#: report); ``sha256sum -c`` format
+MANIFEST_FILE = "manifest.sha256"
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, read in chunks (evidence arrays can be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
@@ -25,11 +39,16 @@ def write_text_atomic(path: Path, text: str, *, fsync: bool = False) -> None:
     With ``fsync`` the bytes reach the disk before the move, so a crash of the machine (not
     only of the process) leaves the old file or the new one.
     """
+    write_bytes_atomic(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False) -> None:
+    """:func:`write_text_atomic` for bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _create_beside(path)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())

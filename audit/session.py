@@ -8,13 +8,11 @@ first claim that needs them; a failure to load is remembered and reported by eve
 from __future__ import annotations
 
 import contextlib
-import platform
 import socket
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from audit.config import Settings
 from audit.data import open_dataset
 from audit.data.spec import data_root
 from audit.engine import Engine, resolve_device
+from audit.environment import environment, libraries_loaded, library_versions
 from audit.errors import ClaimTimeout, ConfigError, ModelError, SegAuditError
 from audit.interrupts import InterruptSignals, Terminated, describe_interruption, signal_name
 from audit.metrics import finite_or_none
@@ -41,6 +40,7 @@ from audit.record.baseline import (
 from audit.record.ctrf import write_ctrf
 from audit.record.entries import summarise
 from audit.record.evidence import save_evidence
+from audit.record.manifest import copy_suites, suite_copy_name, write_manifest
 from audit.record.writer import RunRecorder, now_iso
 from audit.report import render_report
 from audit.resources import demo_model_file
@@ -48,18 +48,6 @@ from audit.suite import Suite, load_suite, override_thresholds
 
 #: how often a long evaluation rewrites the partial record (seconds)
 PROGRESS_WRITE_INTERVAL_S = 5.0
-_VERSIONED = ("torch", "torchvision", "numpy", "pytest", "foolbox", "torchattacks", "jinja2")
-
-
-def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries a result depends on (``None`` when not installed)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("pytest-segaudit", *_VERSIONED):
-        try:
-            out["segaudit" if dist == "pytest-segaudit" else dist] = version(dist)
-        except PackageNotFoundError:
-            out["segaudit" if dist == "pytest-segaudit" else dist] = None
-    return out
 
 
 def pickle_trust(settings: Settings) -> dict[str, Any]:
@@ -109,6 +97,7 @@ class AuditSession:
                 "trust_pickle": pickle_trust(settings),
                 "command_line": list(command_line) or list(sys.argv),
                 "versions": library_versions(),
+                "environment": environment(),
                 "hostname": socket.gethostname(),
             }
         )
@@ -143,7 +132,12 @@ class AuditSession:
     # -- suites -------------------------------------------------------------------------
     def load_suite(self, ref: str) -> Suite:
         suite = load_suite(ref, base_dir=self.settings.base_for("suites"))
-        suite = override_thresholds(suite, self.settings.thresholds)
+        source = self.settings.sources.get("thresholds")
+        suite = override_thresholds(
+            suite,
+            self.settings.thresholds,
+            source="--audit-threshold" if source == "command line" else source,
+        )
         if self.settings.require_proof:
             suite = replace(
                 suite, claims=tuple(replace(c, require_proof=True) for c in suite.claims)
@@ -154,7 +148,7 @@ class AuditSession:
                 "would clash; rename one"
             )
         self.suites.append(suite)
-        self.recorder.add_suite(suite.to_dict())
+        self.recorder.add_suite({**suite.to_dict(), "copy": suite_copy_name(suite.name)})
         return suite
 
     # -- engine -------------------------------------------------------------------------
@@ -377,7 +371,18 @@ class AuditSession:
             )
         self.recorder.finished = True
         self.recorder.provenance["finished_at"] = now_iso()
+        self.recorder.provenance["libraries"] = libraries_loaded()
+        try:
+            copy_suites(report_dir, {s.name: s.text for s in self.suites if s.text is not None})
+        except OSError as exc:
+            self.recorder.record_error("suite copies", f"cannot copy the suites as run: {exc}")
         results = self.recorder.write(report_dir, complete=complete)
+        try:
+            write_manifest(report_dir, self.recorder.to_dict(complete=complete))
+        except OSError as exc:
+            # the record says why there is no manifest; the report says there is none
+            self.recorder.record_error("manifest", f"cannot write the evidence manifest: {exc}")
+            results = self.recorder.write(report_dir, complete=complete)
         if self.settings.ctrf is not None:
             # before the HTML, so that a rendering failure does not cost CI its report
             write_ctrf(self.settings.ctrf, self.recorder.to_dict(complete=complete))

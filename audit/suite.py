@@ -30,7 +30,14 @@ SUITE_KEYS = {
     "claims": "the list of [[claims]] tables",
     "require_proof": "true: a claim whose value rests on something unproven (a claimed "
     "Lipschitz constant) fails (default false)",
+    "intended_use": "what the model is for, in words (the report's scope section)",
+    "operational_domain": "the conditions it is meant to work in: scenes, sensors, "
+    "weather, lighting (the report's scope section)",
+    "non_claims": "a list of what this suite explicitly does not claim (the report's "
+    "scope and residual-risk sections)",
 }
+#: the suite keys that describe the audit's scope for a reviewer, not a claim
+SCOPE_KEYS = ("intended_use", "operational_domain", "non_claims")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -43,6 +50,15 @@ class Suite:
     model_metadata: Mapping[str, Any] = field(default_factory=dict)
     #: SHA-256 of the file's text, so that a comparison with a baseline run sees a changed suite
     sha256: str | None = None
+    #: intended use, operational domain and non-claims, as the suite states them
+    scope: Mapping[str, Any] = field(default_factory=dict)
+    #: the file's bytes as read, so the record keeps the suite as run even if the file changes
+    text: bytes | None = field(default=None, repr=False)
+
+    @property
+    def builtin(self) -> bool:
+        """A suite shipped with SegAudit: its thresholds are placeholders, not requirements."""
+        return self.path.resolve().parent == _builtin_dir()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +66,8 @@ class Suite:
             "description": self.description,
             "path": str(self.path),
             "sha256": self.sha256,
+            "builtin": self.builtin,
+            **{key: self.scope[key] for key in SCOPE_KEYS if key in self.scope},
         }
 
 
@@ -78,8 +96,9 @@ def resolve_suite_ref(ref: str, *, base_dir: Path) -> Path:
 def load_suite(ref: str | Path, *, base_dir: Path | None = None) -> Suite:
     """Read and validate a suite given by built-in name or path."""
     path = resolve_suite_ref(str(ref), base_dir=base_dir or Path.cwd())
+    text = path.read_bytes()
     suite = parse_suite(read_toml(path), path=path)
-    return replace(suite, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
+    return replace(suite, sha256=hashlib.sha256(text).hexdigest(), text=text)
 
 
 def _number(raw: Mapping[str, Any], key: str, where: Where) -> float | None:
@@ -126,10 +145,15 @@ def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimS
             f"expected one of {', '.join(STATISTICS)}, got {statistic!r}", key="statistic"
         )
     threshold = Threshold(min=_number(raw, "min", where), max=_number(raw, "max", where))
+    origin = "suite"
     if threshold.min is None and threshold.max is None:
         if kind.default_threshold is None:
             raise where.error("missing threshold: give 'min' and/or 'max'", key="min")
         threshold = kind.default_threshold
+        origin = "kind default"
+    rationale = raw.get("rationale")
+    if rationale is not None and (not isinstance(rationale, str) or not rationale.strip()):
+        raise where.error(f"expected a non-empty string, got {rationale!r}", key="rationale")
     if kind.value_range is not None:
         low, high = kind.value_range
         for key, value in (("min", threshold.min), ("max", threshold.max)):
@@ -156,6 +180,8 @@ def parse_claim(raw: Any, *, suite: str, index: int, source: str) -> list[ClaimS
         source=source,
         timeout=parse_timeout(raw, where),
         tolerance=parse_tolerance(raw, where),
+        rationale=rationale.strip() if rationale else None,
+        threshold_source={"origin": origin, "where": source, "replaced": None},
     )
     return kind.expand(spec)
 
@@ -190,11 +216,13 @@ def parse_suite(data: Mapping[str, Any], *, path: Path) -> Suite:
         raise ConfigError(
             f"expected true or false, got {require_proof!r}", source=source, key="require_proof"
         )
+    scope = _scope(data, source)
     raw_claims = data.get("claims")
     if not isinstance(raw_claims, list) or not raw_claims:
         raise ConfigError(
             "a suite needs at least one [[claims]] table", source=source, key="claims"
         )
+    builtin = path.resolve().parent == _builtin_dir()
     claims: list[ClaimSpec] = []
     seen: dict[str, int] = {}
     for index, raw in enumerate(raw_claims):
@@ -207,11 +235,49 @@ def parse_suite(data: Mapping[str, Any], *, path: Path) -> Suite:
                     key="id",
                 )
             seen[spec.id] = index
+            if builtin and spec.threshold_source["origin"] == "suite":
+                origin = {**spec.threshold_source, "origin": "built-in suite"}
+                spec = replace(spec, threshold_source=origin)
             claims.append(replace(spec, require_proof=require_proof))
-    return Suite(name, description, path, tuple(claims), dict(model))
+    return Suite(name, description, path, tuple(claims), dict(model), scope=scope)
 
 
-def override_thresholds(suite: Suite, thresholds: Mapping[str, Mapping[str, float]]) -> Suite:
+def _builtin_dir() -> Path | None:
+    try:
+        return suites_dir().resolve()
+    except FileNotFoundError:
+        return None
+
+
+def _scope(data: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The suite's intended use, operational domain and non-claims, checked."""
+    scope: dict[str, Any] = {}
+    for key in ("intended_use", "operational_domain"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"expected a non-empty string, got {value!r}", source=source, key=key)
+        scope[key] = value.strip()
+    non_claims = data.get("non_claims")
+    if non_claims is not None:
+        if isinstance(non_claims, str):
+            non_claims = [non_claims]
+        if not isinstance(non_claims, list) or not all(
+            isinstance(item, str) and item.strip() for item in non_claims
+        ):
+            raise ConfigError(
+                f"expected a list of non-empty strings, got {non_claims!r}",
+                source=source,
+                key="non_claims",
+            )
+        scope["non_claims"] = [item.strip() for item in non_claims]
+    return scope
+
+
+def override_thresholds(
+    suite: Suite, thresholds: Mapping[str, Mapping[str, float]], *, source: str | None = None
+) -> Suite:
     """The suite with thresholds replaced as the settings say (``thresholds`` setting).
 
     For each claim the most specific selector wins: the item's node id
@@ -232,7 +298,15 @@ def override_thresholds(suite: Suite, thresholds: Mapping[str, Mapping[str, floa
                     raise ConfigError(
                         f"min {low:g} exceeds max {high:g}", source="thresholds", key=selector
                     )
-                spec = replace(spec, threshold=Threshold(min=low, max=high))
+                spec = replace(
+                    spec,
+                    threshold=Threshold(min=low, max=high),
+                    threshold_source={
+                        "origin": "override",
+                        "where": f"{source or 'thresholds setting'}: {selector}",
+                        "replaced": spec.threshold.to_dict(),
+                    },
+                )
                 break
         claims.append(spec)
     return replace(suite, claims=tuple(claims))

@@ -333,3 +333,9 @@ def drawn_images(fragment: str, page: str) -> list[tuple[str, str, str]]:
         fragment,
     )
     return [(alt, href, symbols[ident]) for href, alt, ident in drawn]
+
+
+def section_html(page: str, key: str) -> str:
+    """The markup of the page's section ``key`` (empty when it was not rendered)."""
+    match = re.search(rf'<section id="{re.escape(key)}"[^>]*>.*?</section>', page, re.S)
+    return match.group(0) if match else ""

@@ -40,6 +40,7 @@ LAYERS: dict[str, int] = {
             "registry",
             "files",
             "schema",
+            "environment",
         ),
         0,
     ),

@@ -32,6 +32,8 @@ COMMON_KEYS: dict[str, str] = {
     "statistic": "'estimate' (default), 'ci_lower' or 'ci_upper': which value is compared",
     "tolerance": "how far the value may move against a baseline run and still count as "
     "unchanged (a number >= 0; default 0.005)",
+    "rationale": "why the threshold is what it is (a requirement, a hazard analysis, a "
+    "previous release); shown beside the threshold in the report",
     **LIMIT_KEYS,
 }
 STATISTICS = ("estimate", "ci_lower", "ci_upper")
@@ -90,6 +92,14 @@ class ClaimSpec:
     #: how far the value may move against a baseline run (the ``tolerance`` key); ``None``:
     #: the comparison's default
     tolerance: float | None = None
+    #: why the threshold is what it is (the ``rationale`` key), for the reviewer
+    rationale: str | None = None
+    #: where the threshold came from: ``origin`` is "suite", "built-in suite" (a placeholder
+    #: to be replaced by the user's own requirement), "kind default" or "override";
+    #: ``where`` names the file or option; an override keeps the ``replaced`` bounds
+    threshold_source: Mapping[str, Any] = field(
+        default_factory=lambda: {"origin": "suite", "where": None, "replaced": None}
+    )
 
     @property
     def nodeid(self) -> str:

@@ -220,3 +220,97 @@ def attack_diagnostics(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, A
             *_each("noise_as_strong", entries, _noise_as_strong),
         ]
     )
+
+
+# -- which checks could say anything ------------------------------------------------------------
+
+FLAGGED, CLEAR, NOT_APPLICABLE = "flagged", "clear", "not applicable"
+
+
+def _pairs_for_iterative(entries: Sequence[Mapping[str, Any]]) -> int:
+    singles = {
+        (e.get("norm"), e.get("eps"), str(e.get("attack")).endswith("-ll"))
+        for e in entries
+        if e.get("family") == "single_step"
+    }
+    return sum(
+        1
+        for e in entries
+        if e.get("family") == "iterative"
+        and (e.get("norm"), e.get("eps"), str(e.get("attack")).endswith("-ll")) in singles
+    )
+
+
+def _has_large_iterative(top: Mapping[str, Any]) -> bool:
+    large = LARGE_EPS.get(str(top.get("norm")))
+    return (
+        top.get("family") == "iterative"
+        and large is not None
+        and float(top["eps"]) >= large
+        and isinstance(top.get("success_rate"), int | float)
+    )
+
+
+def _noise_comparable(entry: Mapping[str, Any]) -> bool:
+    noise = (entry.get("noise") or {}).get("success_rate")
+    return (
+        entry.get("family") != "random"
+        and isinstance(entry.get("success_rate"), int | float)
+        and isinstance(noise, int | float)
+        and noise >= NOISE_FLOOR
+    )
+
+
+#: per check: how many attack evaluations it could judge, and what it needs when none
+_APPLICABILITY: dict[str, tuple[Callable[[Sequence[Mapping[str, Any]]], int], str]] = {
+    "iterative_weaker": (
+        _pairs_for_iterative,
+        "needs a single-step and an iterative attack at the same norm and epsilon",
+    ),
+    "not_monotonic": (
+        lambda entries: sum(
+            len(m)
+            for m in _by_group(entries).values()
+            if len(m) > 1 and m[0].get("family") != "random"
+        ),
+        "needs one attack at two or more epsilons",
+    ),
+    "low_success": (
+        lambda entries: sum(1 for m in _by_group(entries).values() if _has_large_iterative(m[-1])),
+        "needs an iterative attack at Linf eps >= 16/255 or L2 eps >= 2",
+    ),
+    "bad_gradients": (
+        lambda entries: sum(
+            1 for e in entries if ((e.get("gradients") or {}).get("image_gradients") or 0) > 0
+        ),
+        "no attack recorded the input gradients it used",
+    ),
+    "noise_as_strong": (
+        lambda entries: sum(1 for e in entries if _noise_comparable(e)),
+        f"random noise flipped under {NOISE_FLOOR:.1%} of the pixels wherever it was run: "
+        "too few to compare an attack with",
+    ),
+}
+
+
+def diagnostic_coverage(
+    entries: Sequence[Mapping[str, Any]], findings: Sequence[Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Per check: ``flagged`` (it found something), ``clear`` (it judged ``evaluations``
+    attack evaluations and found nothing) or ``not applicable`` (the run gave it nothing to
+    judge, ``reason`` says what it needs).  A check that could not run is never shown as
+    clear: a reviewer must not read silence as a pass."""
+    entries = [e for e in entries if isinstance(e, Mapping)]
+    flagged = {str(f.get("check")) for f in findings}
+    coverage = {}
+    for check, (applicable, needs) in _APPLICABILITY.items():
+        count = applicable(entries) if entries else 0
+        if check in flagged:
+            status, reason = FLAGGED, None
+        elif count:
+            status, reason = CLEAR, None
+        else:
+            status = NOT_APPLICABLE
+            reason = "no attack was evaluated in this run" if not entries else needs
+        coverage[check] = {"status": status, "evaluations": count, "reason": reason}
+    return coverage

@@ -25,7 +25,7 @@ from audit.evaluations.attack import evaluate_noise, noise_key
 from audit.evaluations.certified import KAPPA, LipschitzCertification, smoothing_miou
 from audit.evaluations.clean import evaluate_clean
 from audit.metrics import finite_or_none
-from audit.record.diagnostics import CHECKS, attack_diagnostics
+from audit.record.diagnostics import CHECKS, attack_diagnostics, diagnostic_coverage
 from audit.record.images import (
     PNG_COMPRESS_LEVEL,
     save_shared,
@@ -124,6 +124,8 @@ def _attacks(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: b
     known = {entry.key for entry in logged}
     min_norms = [entry.result for entry in engine.logged("min_norm")]
     if not any(e.family != "random" for e in evaluations) and not min_norms:
+        recorder.diagnostic_checks = dict(CHECKS)
+        recorder.diagnostic_coverage = diagnostic_coverage([], [])
         return
     clean_miou = None
     if engine.is_cached(engine.key_parts("clean")) or compute:
@@ -141,6 +143,7 @@ def _attacks(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: b
     recorder.evaluations["attacks"] = entries
     recorder.diagnostics = attack_diagnostics(entries)
     recorder.diagnostic_checks = dict(CHECKS)
+    recorder.diagnostic_coverage = diagnostic_coverage(entries, recorder.diagnostics)
     if min_norms:
         recorder.evaluations["min_norm"] = [min_norm_entry(e) for e in min_norms]
 

@@ -112,6 +112,9 @@ class RunRecorder:
         self.diagnostics: list[dict[str, Any]] = []
         #: the checks behind ``diagnostics``, name -> what it expects (the report lists them)
         self.diagnostic_checks: dict[str, str] = {}
+        #: per check: flagged, clear or not applicable (and why); empty until the attacks
+        #: are summarised, so a run stopped before then claims nothing about them
+        self.diagnostic_coverage: dict[str, dict[str, Any]] = {}
         self.errors: list[dict[str, str]] = []
         #: the claim and the evaluation in progress (claims done are counted when written)
         self.progress: dict[str, Any] = {}
@@ -140,6 +143,9 @@ class RunRecorder:
                 "params": {k: v for k, v in spec.params.items() if not k.startswith("_")},
                 "statistic": spec.statistic,
                 "threshold": spec.threshold.to_dict(),
+                # suite, built-in placeholder, kind default or override; and why it is set so
+                "threshold_source": dict(spec.threshold_source),
+                "rationale": spec.rationale,
                 # the claim's own wall-clock budget (None: the claim_timeout setting's, if any)
                 "timeout": spec.timeout,
                 # how far the value may move against a baseline run (None: the default)
@@ -219,6 +225,7 @@ class RunRecorder:
             "evaluations": self.evaluations,
             "diagnostics": self.diagnostics,
             "diagnostic_checks": self.diagnostic_checks,
+            "diagnostic_coverage": self.diagnostic_coverage,
             **({"baseline": self.baseline} if self.baseline is not None else {}),
         }
 

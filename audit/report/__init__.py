@@ -69,7 +69,8 @@ from audit.report.sections import (
     sections,
     unregister_section,
 )
-from audit.report.summary import build_claims, build_summary
+from audit.report.requirements import build_claims
+from audit.report.summary import build_summary
 
 __all__ = [
     "INDEX_FILE",

@@ -22,6 +22,7 @@ from audit.files import write_text_atomic
 from audit.report.accessors import counts, fmt_pickle_trust, mapping, run_errors, status
 from audit.report.embed import PageImages
 from audit.report.format import fmt_any
+from audit.report.manifest import read_manifest
 from audit.report.sections import sections
 from audit.resources import templates_dir
 
@@ -123,6 +124,46 @@ def _unfinished(progress: Mapping[str, Any]) -> str:
     return text
 
 
+#: a suite copy larger than this is linked, not printed in the annex
+MAX_SUITE_TEXT = 64_000
+
+
+def _suite_texts(results: Mapping[str, Any], report_dir: Path) -> dict[str, str | None]:
+    texts: dict[str, str | None] = {}
+    root = report_dir.resolve()
+    for suite in results.get("suites") or []:
+        copy = suite.get("copy") if isinstance(suite, Mapping) else None
+        if not isinstance(copy, str):
+            continue
+        path = (root / copy).resolve()
+        try:
+            if not path.is_relative_to(root) or path.stat().st_size > MAX_SUITE_TEXT:
+                texts[copy] = None
+                continue
+            texts[copy] = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            texts[copy] = None
+    return texts
+
+
+def section_inputs(results: Mapping[str, Any], report_dir: Path) -> dict[str, Any]:
+    """What section builders read: the record, plus the evidence manifest as checked now and
+    the suite files as run (see :mod:`audit.report.sections`)."""
+    return {
+        **results,
+        "manifest": read_manifest(report_dir),
+        "suite_texts": _suite_texts(results, report_dir),
+    }
+
+
+def _css_string(text: str) -> str:
+    """``text`` as a CSS string literal (for the running header of printed pages)."""
+    escaped = "".join(
+        ch if ch.isalnum() or ch in " .,:;-_()/[]+=@" else f"\\{ord(ch):x} " for ch in text
+    )
+    return f'"{escaped}"'
+
+
 def _build_sections(results: Mapping[str, Any]) -> list[_RenderedSection]:
     rendered = []
     for section in sections():
@@ -146,7 +187,7 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
     report_dir = Path(report_dir)
     directory = _templates()
     env = _environment(str(directory))
-    rendered = _build_sections(results)
+    rendered = _build_sections(section_inputs(results, report_dir))
     for section in rendered:
         if section.error is None:
             try:
@@ -172,10 +213,15 @@ def render_html(results: Mapping[str, Any], *, report_dir: Path) -> str:
     badge, badge_css = status(results)
     trust = mapping(provenance.get("trust_pickle"))
     images = PageImages(report_dir)
+    title = f"SegAudit: {fmt_any(model_name)} on {fmt_any(dataset.get('spec'))} ({badge})"
     return env.get_template("index.html.j2").render(
+        # a CSS string built from escaped characters only, so it is safe inside <style>
+        running_header=Markup(_css_string(title)),
         # style.css ships with the package, so it is trusted markup.
         css=Markup(css),
         sections=rendered,
+        # partials link to another section only where it was rendered
+        rendered_keys=frozenset(s.key for s in rendered if s.error is None),
         complete=complete,
         incomplete_reasons=[] if complete else _incomplete_reasons(results),
         badge=badge,

@@ -1,4 +1,5 @@
-"""The report's cover ("Summary") and its claims table ("Claims")."""
+"""The report's cover ("Summary"): the headline verdict, the counts, what to read with care,
+the claims needing attention and the evidence manifest's hash."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from audit.report.accessors import (
     COUNT_LABELS,
+    as_list,
     claim_anchor,
     claim_name,
     claims,
@@ -20,17 +22,10 @@ from audit.report.accessors import (
 )
 from audit.report.format import (
     MISSING,
-    finite,
-    fmt_any,
     fmt_duration,
-    fmt_interval,
-    fmt_interval_method,
-    fmt_number,
-    fmt_threshold,
 )
-
-# Failures first: they are what a reviewer reads the table for; ties keep suite order.
-_VERDICT_ORDER = {"failed": 0, "error": 1, "not_run": 2, "skipped": 3, "passed": 4}
+from audit.report.requirements import evidence_warnings, threshold_origin
+from audit.report.signoff import headline, manifest_summary
 
 
 def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -55,7 +50,21 @@ def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
         }
         for suite in suites(results)
     ]
+    listed = claims(results)
+    diagnostics = as_list(results.get("diagnostics"))
+    care = [
+        (sum(1 for c in listed if c.get("verdict") == "passed"
+             and evidence_warnings(c, diagnostics)), "passed claim(s) rest on weak evidence"),
+        (len(diagnostics), "diagnostic(s) question the attacks' strength"),
+        (sum(1 for c in listed if threshold_origin(c)["css"] == "override"),
+         "threshold(s) overridden for this run"),
+        (sum(1 for c in listed if threshold_origin(c)["css"] == "placeholder"),
+         "threshold(s) are built-in placeholders, not requirements"),
+    ]  # fmt: skip
     return {
+        "headline": headline(results),
+        "read_with_care": [f"{n} {text}" for n, text in care if n],
+        "manifest": manifest_summary(results),
         "badge": label,
         "badge_css": css,
         "run_errors": run_errors(results),
@@ -66,57 +75,3 @@ def build_summary(results: Mapping[str, Any]) -> dict[str, Any]:
         # Shown on the cover: every score below was computed on resized logits.
         "output_resize": output_resize(mapping(provenance.get("model"))),
     }
-
-
-def build_claims(results: Mapping[str, Any]) -> dict[str, Any]:
-    rows = []
-    for index, claim in enumerate(claims(results)):
-        value = claim.get("verdict")
-        label, css = verdict(value)
-        params = mapping(claim.get("params"))
-        rows.append(
-            {
-                "anchor": claim_anchor(index),
-                "order": _VERDICT_ORDER.get(value, len(_VERDICT_ORDER)),
-                "nodeid": claim_name(index, claim),
-                "kind": str(claim.get("kind") or ""),
-                "statement": str(claim.get("statement") or ""),
-                "params": ", ".join(f"{k}={fmt_any(v)}" for k, v in params.items()),
-                "measured": fmt_number(claim.get("measured")),
-                "interval": fmt_interval(claim.get("interval")),
-                "interval_method": fmt_interval_method(claim.get("interval")),
-                "threshold": fmt_threshold(claim.get("threshold")),
-                "verdict": label,
-                "verdict_css": css,
-                "message": str(claim.get("message") or ""),
-                "prominent": value != "passed",
-                "num_samples": fmt_number(claim.get("num_samples")),
-                "duration": fmt_duration(claim.get("duration_s")),
-                "warnings": evidence_warnings(claim),
-            }
-        )
-    rows.sort(key=lambda row: row["order"])
-    return {"rows": rows}
-
-
-#: fewer images than this make a bootstrap interval little more than a guess
-FEW_IMAGES = 10
-
-
-def evidence_warnings(claim: Mapping[str, Any]) -> list[str]:
-    """Why a claim's evidence is weaker than its verdict reads: an interval from a handful
-    of images, or a PASS whose interval reaches across the threshold."""
-    warnings = []
-    interval = mapping(claim.get("interval"))
-    low, high = finite(interval.get("low")), finite(interval.get("high"))
-    count = claim.get("num_samples")
-    if low is not None and isinstance(count, int) and count < FEW_IMAGES:
-        warnings.append(f"interval from {count} image(s): the bootstrap says little with so few")
-    threshold = mapping(claim.get("threshold"))
-    floor, ceiling = finite(threshold.get("min")), finite(threshold.get("max"))
-    crosses = (floor is not None and low is not None and low < floor) or (
-        ceiling is not None and high is not None and high > ceiling
-    )
-    if claim.get("verdict") == "passed" and crosses:
-        warnings.append("passed on the estimate, but its interval crosses the threshold")
-    return warnings
