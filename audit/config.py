@@ -21,6 +21,9 @@ DEMO_MODEL = "demo"
 DEFAULT_SUITE = "smoke"
 DEFAULT_DATA = "synthetic"
 DEFAULT_REPORT_DIR = "audit-report"
+#: values of the ``palette`` setting: the dataset's class colours, or a colour-blind safe set
+#: (audit.record.images.COLORBLIND_PALETTE)
+PALETTES = ("dataset", "colorblind")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -36,6 +39,8 @@ class Settings:
     suites: tuple[str, ...] = (DEFAULT_SUITE,)
     report_dir: Path = Path(DEFAULT_REPORT_DIR)
     device: str = "auto"
+    #: class colours of the drawn masks and the report: one of :data:`PALETTES`
+    palette: str = "dataset"
     seed: int = 0
     limit: int | None = None
     batch_size: int = 8
@@ -81,6 +86,7 @@ FILE_KEYS: dict[str, str] = {
     "suites": "suites",
     "report": "report_dir",
     "device": "device",
+    "palette": "palette",
     "seed": "seed",
     "limit": "limit",
     "batch_size": "batch_size",
@@ -139,6 +145,12 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 f"expected auto, cpu, cuda, cuda:<index> or mps, got {value!r}",
                 source=source,
                 key=key,
+            )
+        return value
+    if key == "palette":
+        if value not in PALETTES:
+            raise ConfigError(
+                f"expected {' or '.join(PALETTES)}, got {value!r}", source=source, key=key
             )
         return value
     if key in ("seed", "batch_size", "bootstrap_resamples", "examples", "limit"):

@@ -88,6 +88,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="DEVICE",
         help="auto (default: CUDA if available), cpu, cuda or cuda:<index>",
     )
+    group.addoption(
+        "--audit-palette",
+        dest="segaudit_palette",
+        metavar="PALETTE",
+        help="class colours of drawn masks and the report: dataset (default) or colorblind "
+        "(Okabe-Ito, safe under colour-vision deficiency)",
+    )
     group.addoption("--audit-seed", dest="segaudit_seed", type=int, help="random seed (default 0)")
     group.addoption(
         "--audit-limit",
@@ -217,6 +224,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "suites": tuple(opt("segaudit_suites")),
             "report_dir": opt("segaudit_report"),
             "device": opt("segaudit_device"),
+            "palette": opt("segaudit_palette"),
             "seed": opt("segaudit_seed"),
             "limit": opt("segaudit_limit"),
             "batch_size": opt("segaudit_batch_size"),

@@ -363,7 +363,13 @@ class AuditSession:
             # does one whose claims ran out of time (the report would redo that work with
             # no budget at all).
             compute = complete and not self.engine.timed_out
-            summarise(self.recorder, self.engine, report_dir, compute=compute)
+            summarise(
+                self.recorder,
+                self.engine,
+                report_dir,
+                compute=compute,
+                palette=self.settings.palette,
+            )
         self.recorder.progress.pop("evaluation", None)
         if self.baseline is not None:
             self.recorder.baseline = compare_records(

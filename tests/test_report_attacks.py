@@ -283,10 +283,30 @@ def test_diagnostics_warn_when_flagged_and_name_checks_when_clear(report_dir: Pa
     assert "No gradient-masking signs" not in flagged
 
     results["diagnostics"] = []
+    results["diagnostic_coverage"] = {
+        check: {"status": "clear", "evaluations": 3, "reason": None} for check in CHECKS
+    }
     clear = strip_tags(section(render_html(results, report_dir=report_dir)))
-    assert "No gradient-masking signs among the checks:" in clear
+    assert "No gradient-masking signs from the checks that could judge this run:" in clear
     assert all(check in clear for check in CHECKS) and len(CHECKS) == 5
-    assert "Possible gradient masking" not in clear
+    assert "Possible gradient masking" not in clear and "could not judge" not in clear
+
+    # a check with nothing to judge is never among the clear ones (a green box once said
+    # all five were clear when two could not run)
+    for check in ("iterative_weaker", "low_success"):
+        results["diagnostic_coverage"][check] = {
+            "status": "not applicable", "evaluations": 0, "reason": f"needs more for {check}",
+        }  # fmt: skip
+    partly = strip_tags(section(render_html(results, report_dir=report_dir)))
+    judged = partly.split("could not judge")[0]
+    assert "iterative_weaker" not in judged and "not_monotonic" in judged
+    assert "2 of 5 checks could not judge this run" in partly
+    assert "needs more for low_success" in partly
+
+    del results["diagnostic_coverage"]  # a record from before coverage was recorded
+    unknown = strip_tags(section(render_html(results, report_dir=report_dir)))
+    assert "No gradient-masking signs" not in unknown
+    assert "5 of 5 checks could not judge" in unknown
 
     del results["diagnostic_checks"]  # an older record: which checks ran is unknown
     older = strip_tags(section(render_html(results, report_dir=report_dir)))

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import torch
 from report_helpers import section_html
+from test_report_certificates import make_results as make_certificate_results
 
 from audit.environment import environment, libraries_loaded
 from audit.errors import ConfigError
@@ -21,6 +22,7 @@ from audit.files import MANIFEST_FILE
 from audit.record.diagnostics import diagnostic_coverage
 from audit.record.manifest import referenced_files, write_manifest
 from audit.report import render_html, render_report
+from audit.report.certificates import build_certificates
 from audit.report.risk import build_risk
 from audit.suite import load_suite, override_thresholds, parse_suite
 from conftest import TINY_DATA, report_files
@@ -39,6 +41,8 @@ DOSSIER = [
     "results",
     "clean",
     "confusion",
+    "attacks",
+    "certificates",
     "incidents",
     "residual-risk",
     "conclusion",
@@ -53,6 +57,22 @@ description = "A release gate with every outcome"
 intended_use = "Drivable-area segmentation for a low-speed shuttle"
 operational_domain = "Daylight, dry roads, urban campus, 32x64 camera crops"
 non_claims = ["night driving", "snow"]
+
+[[claims]]
+id = "fgsm"
+statement = "IoU ratio under FGSM stays at or above 0"
+kind = "attack"
+attack = "fgsm"
+norm = "linf"
+eps = "2/255"
+metric = "iou_ratio"
+min = 0.0
+
+[[claims]]
+id = "bound"
+statement = "The model is at most 1e6-Lipschitz (L2)"
+kind = "lipschitz"
+max = 1e6
 
 [[claims]]
 id = "floor"
@@ -148,14 +168,15 @@ def test_dossier_has_every_section_in_reading_order_counts_claims_and_hashes(
 
     verdicts = {c["id"]: c["verdict"] for c in record["claims"]}
     assert verdicts == {
-        "floor": "passed", "unicorns": "error", "ceiling": "failed", "later": "not_run",
+        "fgsm": "passed", "bound": "passed", "floor": "passed",
+        "unicorns": "error", "ceiling": "failed", "later": "not_run",
     }  # fmt: skip
     # the cover's counts are the record's, and failures lead the headline over the error
     assert {k: int(v) for k, v in page.counts.items()} == {
-        "total": 4, "passed": 1, "failed": 1, "error": 1, "skipped": 0, "not_run": 1,
+        "total": 6, "passed": 3, "failed": 1, "error": 1, "skipped": 0, "not_run": 1,
     }  # fmt: skip
     summary = section_html(html, "summary")
-    assert "FAIL: 4 claim(s), 1 passed, 1 failed, 1 errors, 1 not run." in summary
+    assert "FAIL: 6 claim(s), 3 passed, 1 failed, 1 errors, 1 not run." in summary
 
     # every claim is a row of the traceability matrix, and is listed in the incidents
     claims = section_html(html, "claims")
@@ -185,6 +206,7 @@ def test_dossier_has_every_section_in_reading_order_counts_claims_and_hashes(
 def test_dossier_says_where_thresholds_come_from_and_what_is_in_scope(dossier: Path) -> None:
     record, html = report_files(dossier)
     floor = next(c for c in record["claims"] if c["id"] == "floor")
+    assert {c["threshold_source"]["origin"] for c in record["claims"]} == {"suite", "override"}
     assert floor["threshold"] == {"min": 0.01, "max": None}
     assert floor["threshold_source"] == {
         "origin": "override",
@@ -220,10 +242,15 @@ def test_dossier_records_the_environment_and_the_checks_that_could_not_apply(
     assert record["provenance"]["libraries"]["torch"] == torch.__version__.split("+")[0]
     confidence = section_html(html, "environment")
     assert f"{env['torch_threads']} intra-op" in confidence
-    # no attack ran: no diagnostic check may read as clear
+    # one attack at one epsilon: most checks have nothing to judge, and none of those may
+    # read as clear
     coverage = record["diagnostic_coverage"]
-    assert {c["status"] for c in coverage.values()} == {"not applicable"}
-    assert "CLEAR" not in confidence and confidence.count("COULD NOT APPLY") == 5
+    idle = {name for name, c in coverage.items() if c["status"] == "not applicable"}
+    assert {"iterative_weaker", "not_monotonic", "low_success"} <= idle
+    assert confidence.count("COULD NOT APPLY") == len(idle)
+    for name in idle:
+        row = re.search(rf"<tr><td><code>{name}</code>.*?</tr>", confidence, re.S)
+        assert row and "COULD NOT APPLY" in row.group(0) and "CLEAR" not in row.group(0)
 
 
 def test_a_changed_evidence_file_shows_on_the_cover_after_rerendering(dossier: Path) -> None:
@@ -376,3 +403,64 @@ def test_environment_and_libraries_describe_this_process() -> None:
     assert env["float32_matmul_precision"] in ("highest", "high", "medium")
     libraries = libraries_loaded()
     assert libraries["torch"] and libraries["numpy"]
+
+
+def test_a_refuted_constant_is_never_described_as_unbroken() -> None:
+    # the certificates section once called a claimed constant "a hypothesis the
+    # falsification search did not break" right above the row saying the search broke it
+    results = make_certificate_results()
+    results["evaluations"]["certificates"][0]["lipschitz"] = {
+        "value": 1.5, "kind": "claimed", "description": "claimed in the metadata",
+        "lower_bound": 2.25, "bound": None,
+    }  # fmt: skip
+    results["evaluations"]["soundness"] = []
+    results["claims"] = []
+    context = build_certificates(results)
+    assert context is not None
+    (source,) = context["sources"]
+    assert source["kind"] == "claimed, REFUTED" and source["kind_css"] == "fail"
+    assert "did not break" not in source["meaning"] and "2.25" in source["meaning"]
+
+
+def test_a_constant_refuted_by_a_soundness_check_reads_refuted() -> None:
+    results = make_certificate_results()
+    entry = results["evaluations"]["soundness"][0]
+    entry["lipschitz"] = {"value": 0.5, "kind": "claimed", "description": "claimed"}
+    entry["falsified"] = {"lower_bound": 1.0, "method": "gradient ascent", "files": {}}
+    context = build_certificates(results)
+    assert context is not None
+    refuted = [s for s in context["sources"] if s["kind"] == "claimed, REFUTED"]
+    assert len(refuted) == 1 and "did not break" not in refuted[0]["meaning"]
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_names_the_report_sections_in_page_order() -> None:
+    from audit.report import sections
+
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    part = readme.split("## The report", 1)[1].split("\n### ", 1)[0]
+    named = re.findall(r"^\d+\. \*\*(.+?)\*\*", part, re.M)
+    titles = [s.title for s in sections()]
+    positions = []
+    for name in named:
+        if name == "Annexes":
+            found = [i for i, t in enumerate(titles) if t.startswith("Annex")]
+        elif name.startswith("Results by claim kind"):
+            found = [titles.index("Results by claim kind")]
+        else:
+            found = [titles.index(name.split(" (")[0])]
+        assert found, name
+        positions.append(found[0])
+    assert len(named) == 9 and positions == sorted(positions)
+
+
+def test_the_documented_suite_example_parses(tmp_path: Path) -> None:
+    import tomllib
+
+    docs = (REPO / "docs" / "claims.md").read_text(encoding="utf-8")
+    example = docs.split("```toml\n", 1)[1].split("```", 1)[0]
+    suite = parse_suite(tomllib.loads(example), path=tmp_path / "release-gate.toml")
+    assert suite.scope["non_claims"][0] == "night driving"
+    assert suite.claims[0].rationale.startswith("Hazard analysis HA-12")

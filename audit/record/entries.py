@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from audit.metrics import finite_or_none
 from audit.record.diagnostics import CHECKS, attack_diagnostics, diagnostic_coverage
 from audit.record.images import (
     PNG_COMPRESS_LEVEL,
+    class_palette,
     save_shared,
     write_adversarial_examples,
     write_examples,
@@ -35,17 +36,31 @@ from audit.record.images import (
 from audit.record.writer import RunRecorder
 
 
-def summarise(recorder: RunRecorder, engine: Engine, report_dir: Path, *, compute: bool) -> None:
+def summarise(
+    recorder: RunRecorder,
+    engine: Engine,
+    report_dir: Path,
+    *,
+    compute: bool,
+    palette: str = "dataset",
+) -> None:
     """Add every evaluation's summary to ``recorder``; with ``compute`` false, only what
-    was computed already (an interrupted run starts no new work).
+    was computed already (an interrupted run starts no new work).  Masks are drawn in the
+    class colours of setting ``palette`` (:func:`audit.record.images.class_palette`), which
+    the record names under ``provenance.palette``: the report reads the colours from the
+    record, so a re-render draws the same page.
 
     A summary that fails (a full disk for example images) becomes an error in the record;
     the others are still written.
     """
+    recorder.provenance["palette"] = palette
     steps: tuple[tuple[str, Callable[[], None]], ...] = (
         ("model output", lambda: _model_output(recorder, engine)),
-        ("clean evaluation", lambda: _clean(recorder, engine, report_dir, compute)),
-        ("attack evaluations", lambda: _attacks(recorder, engine, report_dir, compute)),
+        ("clean evaluation", lambda: _clean(recorder, engine, report_dir, compute, palette)),
+        (
+            "attack evaluations",
+            lambda: _attacks(recorder, engine, report_dir, compute, palette),
+        ),
         ("certificates", lambda: _certificates(recorder, engine, report_dir)),
     )
     for what, step in steps:
@@ -65,7 +80,9 @@ def _model_output(recorder: RunRecorder, engine: Engine) -> None:
         recorder.provenance.setdefault("model", {}).update(resolution.to_dict())
 
 
-def _clean(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: bool) -> None:
+def _clean(
+    recorder: RunRecorder, engine: Engine, report_dir: Path, compute: bool, palette_name: str
+) -> None:
     """Add the clean evaluation (per-class table, examples) to the record for the report."""
     if not compute and not engine.is_cached(engine.key_parts("clean")):
         return
@@ -82,7 +99,7 @@ def _clean(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: boo
         value, interval = engine.score(clean.per_image, name)
         headline[name] = finite_or_none(value)
         intervals[name] = interval.to_dict() if interval else None
-    palette = engine.dataset.palette
+    palette = class_palette(palette_name, engine.dataset.palette)
     examples = write_examples(
         report_dir,
         clean.examples,
@@ -116,7 +133,9 @@ def _clean(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: boo
     )
 
 
-def _attacks(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: bool) -> None:
+def _attacks(
+    recorder: RunRecorder, engine: Engine, report_dir: Path, compute: bool, palette_name: str
+) -> None:
     """Summaries of every attack and minimal-norm evaluation, their worst examples, and
     the gradient-masking diagnostics computed from them."""
     logged = engine.logged("attack")
@@ -131,13 +150,15 @@ def _attacks(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: b
     if engine.is_cached(engine.key_parts("clean")) or compute:
         with contextlib.suppress(SegAuditError):
             clean_miou = engine.score(evaluate_clean(engine).per_image, "miou")[0]
+    palette = class_palette(palette_name, engine.dataset.palette)
     entries = [
-        _attack_entry(engine, e, report_dir, clean_miou, compute=compute) for e in evaluations
+        _attack_entry(engine, e, report_dir, clean_miou, palette, compute=compute)
+        for e in evaluations
     ]
     # The noise baselines computed for those entries join the list (the report draws
     # them as the dashed reference curve).
     entries += [
-        _attack_entry(engine, e, report_dir, clean_miou, compute=False)
+        _attack_entry(engine, e, report_dir, clean_miou, palette, compute=False)
         for e in (entry.result for entry in engine.logged("attack") if entry.key not in known)
     ]
     recorder.evaluations["attacks"] = entries
@@ -149,7 +170,13 @@ def _attacks(recorder: RunRecorder, engine: Engine, report_dir: Path, compute: b
 
 
 def _attack_entry(
-    engine: Engine, ev: Any, report_dir: Path, clean_miou: float | None, *, compute: bool
+    engine: Engine,
+    ev: Any,
+    report_dir: Path,
+    clean_miou: float | None,
+    palette: Any,
+    *,
+    compute: bool,
 ) -> dict[str, Any]:
     scores = {
         name: finite_or_none(engine.score(ev.per_image, name)[0])
@@ -176,6 +203,7 @@ def _attack_entry(
         "resolution": list(ev.resolution) if ev.resolution else None,
         "num_samples": ev.num_samples,
         "metrics": scores,
+        "per_class": per_class_iou(ev.per_image, engine.class_names),
         "clean_miou": finite_or_none(clean_miou),
         "iou_ratio": finite_or_none(ratio),
         "success_rate": finite_or_none(ev.success_rate),
@@ -194,10 +222,17 @@ def _attack_entry(
             report_dir,
             ev.id,
             ev.examples,
-            palette=engine.dataset.palette,
+            palette=palette,
             ignore_index=engine.ignore_index,
         ),
     }
+
+
+def per_class_iou(per_image: Any, class_names: Sequence[str]) -> dict[str, float | None]:
+    """Class name -> dataset-level IoU from per-image confusion matrices (the matrix the
+    aggregate mIoU is computed from), ``None`` for a class in neither truth nor prediction."""
+    ious = metrics.class_iou(per_image.sum(0))
+    return {name: finite_or_none(float(ious[k])) for k, name in enumerate(class_names)}
 
 
 def _certificates(recorder: RunRecorder, engine: Engine, report_dir: Path) -> None:

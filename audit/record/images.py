@@ -8,6 +8,9 @@ write the same input 40 times.  Masks are palette PNGs (one byte a pixel instead
 PNGs are written at zlib level 1: deflate gains little on photographs at any level, and
 ``optimize=True`` (level 9 plus a search over filters) made writing the examples of an
 ``arnab2018`` run take longer than rendering its whole report.
+
+Class colours come from the ``palette`` setting (:func:`class_palette`): ``"dataset"`` keeps
+the dataset's own colours, ``"colorblind"`` uses :data:`COLORBLIND_PALETTE`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from audit.config import PALETTES
 from audit.evaluations.attack import AdversarialExample
 from audit.evaluations.clean import Example
 
@@ -31,6 +35,57 @@ IGNORE_COLOUR = (0, 0, 0)
 SHARED_FOLDER = "examples"
 #: zlib level of the PNG files (see the module docstring)
 PNG_COMPRESS_LEVEL = 1
+
+#: Okabe & Ito's categorical palette without its black (the colour of ignored pixels) and a
+#: light grey in its place.  Under simulated deuteranopia (Machado et al. 2009, severity 1)
+#: every two of these differ by CIEDE2000 > 11.5 (orange / yellow is the closest pair;
+#: tests/test_report_plots.py measures it); the dataset palette of the synthetic street
+#: scenes has person / vegetation at 2.6.
+COLORBLIND_PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0),  # orange
+    (86, 180, 233),  # sky blue
+    (0, 158, 115),  # bluish green
+    (240, 228, 66),  # yellow
+    (0, 114, 178),  # blue
+    (213, 94, 0),  # vermillion
+    (204, 121, 167),  # reddish purple
+    (221, 221, 221),  # light grey
+)
+#: Beyond 8 classes no set of hues stays apart under colour-vision deficiency, so classes 9-16
+#: reuse the 8 hues darkened (x 0.55) and classes 17-24 lightened (55 % towards white): the
+#: closest pair is then CIEDE2000 7.5 (16 classes) and 4.1 (24), still above the dataset
+#: palette's 2.6; past 24 the tiers repeat.  Read those by their lightness, not their hue.
+_TIERS = (("solid", 0.0), ("dark", 0.55), ("light", 0.55))
+
+
+def _tier_colour(base: tuple[int, int, int], tier: int) -> tuple[int, int, int]:
+    kind, factor = _TIERS[tier % len(_TIERS)]
+    if kind == "dark":
+        return (round(base[0] * factor), round(base[1] * factor), round(base[2] * factor))
+    if kind == "light":
+        return (
+            round(base[0] + (255 - base[0]) * factor),
+            round(base[1] + (255 - base[1]) * factor),
+            round(base[2] + (255 - base[2]) * factor),
+        )
+    return base
+
+
+def colorblind_palette(num_classes: int) -> tuple[tuple[int, int, int], ...]:
+    """:data:`COLORBLIND_PALETTE` for ``num_classes`` classes, extended by lightness tiers."""
+    size = len(COLORBLIND_PALETTE)
+    return tuple(_tier_colour(COLORBLIND_PALETTE[k % size], k // size) for k in range(num_classes))
+
+
+def class_palette(
+    name: str, dataset_palette: Sequence[Sequence[int]]
+) -> tuple[tuple[int, int, int], ...]:
+    """The class colours of setting ``palette`` = ``name`` for a dataset with these colours."""
+    if name == "colorblind":
+        return colorblind_palette(len(dataset_palette))
+    if name != "dataset":
+        raise ValueError(f"unknown palette {name!r}; expected one of {', '.join(PALETTES)}")
+    return tuple((int(c[0]), int(c[1]), int(c[2])) for c in dataset_palette)
 
 
 def colorize(mask: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int) -> np.ndarray:

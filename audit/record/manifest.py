@@ -24,7 +24,9 @@ from audit.files import MANIFEST_FILE, file_sha256, write_bytes_atomic, write_te
 
 RECORD_FILE = "results.json"
 SUITES_DIR = "suites"
-_RELATIVE_FILE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+){0,6}\.[A-Za-z0-9]{1,8}")
+_RELATIVE_FILE = re.compile(
+    r"[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_.\-]+){0,6}\.[A-Za-z0-9]{1,8}"
+)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

@@ -62,6 +62,7 @@ from audit.report.render import (
     render_html,
     render_report,
 )
+from audit.report.requirements import build_claims
 from audit.report.sections import (
     Section,
     SectionBuilder,
@@ -69,7 +70,6 @@ from audit.report.sections import (
     sections,
     unregister_section,
 )
-from audit.report.requirements import build_claims
 from audit.report.summary import build_summary
 
 __all__ = [

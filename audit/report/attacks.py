@@ -4,8 +4,11 @@
 and epsilon), ``results["diagnostics"]`` and ``results["evaluations"]["min_norm"]`` into the
 context of ``_attacks.html.j2``.  The curves follow Arnab et al., "On the Robustness of Semantic
 Segmentation Models to Adversarial Attacks" (CVPR 2018): IoU ratio (adversarial mIoU over
-clean mIoU) against epsilon on a log axis, one line per attack, one panel per norm.  They are
-drawn here as SVG geometry, so the page needs no script and no external asset.
+clean mIoU) against epsilon on a log axis, one line per attack, one panel per norm, with the
+claims' thresholds and intervals and a baseline run over them
+(:mod:`~audit.report.attack_curves`); per-class IoU under the strongest attack of each norm
+comes from :mod:`~audit.report.per_class`.  All of it is SVG geometry and tables, so the page
+needs no script and no external asset.
 
 Every field may be missing, null or NaN in a partial or older results file; such values read
 "n/a" and are left out of the curves, never raise.
@@ -13,20 +16,19 @@ Every field may be missing, null or NaN in a partial or older results file; such
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from audit.report.accessors import as_list, claim_ref, mapping, recorded
-from audit.report.charts import (
-    MARKERS,
-    PALETTE,
-    PlotArea,
-    marker_path,
-    spaced_ticks,
+from audit.report.attack_curves import (
+    NOISE_COLOR,
+    Evaluation,
+    Style,
+    norm_label,
+    panels,
+    styles,
 )
+from audit.report.charts import MARKERS, PALETTE, marker_path
 from audit.report.embed import THUMBNAIL_SIDE
 from audit.report.format import (
     NA,
@@ -36,17 +38,15 @@ from audit.report.format import (
     fmt_duration,
     fmt_eps,
     fmt_num,
-    fmt_params,
     fmt_pct,
     fmt_radius,
-    fmt_resolution,
     fmt_text,
 )
+from audit.report.per_class import per_class_under_attack
 
 # Re-exported: the palette, markers and checks a reader of this section's tests looks up here.
 __all__ = ["GALLERY_EXAMPLES", "MARKERS", "NOISE_COLOR", "PALETTE", "build_attacks"]
 
-NOISE_COLOR = "#6e7781"
 #: Worst examples of each evaluation drawn in the page; the others the record keeps are
 #: linked.  Two show whether the worst case is a one-off; each adds about 25 kB (its
 #: adversarial input, perturbation and prediction; the input, ground truth and clean
@@ -58,61 +58,8 @@ GALLERY_EXAMPLES = 2
 PERTURBATION_SIDE = THUMBNAIL_SIDE // 2
 
 _NORM_ORDER = {"linf": 0, "l2": 1}
-_NORM_LABELS = {"linf": "Linf", "l2": "L2"}
 _FAMILY_ORDER = {"single_step": 0, "iterative": 1, "min_norm": 2, "random": 3}
 _QUANTILES = ("0.1", "0.25", "0.5", "0.75", "0.9")
-
-# Chart geometry, in SVG user units (pixels at 100 % zoom).
-_PLOT = PlotArea(left=58, width=470, top=34, height=250, right=18)
-#: Legend labels up to this many characters fit two to a row; longer ones get a row each.
-_LEGEND_SHORT, _LEGEND_CHARS = 30, 68
-
-
-def _norm_label(norm: str | None) -> str:
-    if norm is None:
-        return NA
-    return _NORM_LABELS.get(norm, norm)
-
-
-@dataclass
-class _Evaluation:
-    """One attacks entry, normalised: what the table, curves and examples read."""
-
-    index: int
-    raw: Mapping[str, Any]
-    id: str
-    attack: str
-    params: Mapping[str, Any]
-    norm: str | None
-    eps: float | None
-    eps_text: str
-    ratio: float | None
-    claims: list[dict[str, str]] = field(default_factory=list)
-
-    @property
-    def params_label(self) -> str:
-        return fmt_params(self.params)
-
-    @property
-    def label(self) -> str:
-        return f"{self.attack} ({self.params_label})" if self.params_label else self.attack
-
-    @property
-    def series_key(self) -> str:
-        # Attack plus canonical parameters: one colour and marker for it in every panel.
-        return self.attack + "\0" + json.dumps(self.params, sort_keys=True, default=str)
-
-    @property
-    def metrics(self) -> Mapping[str, Any]:
-        return mapping(self.raw.get("metrics"))
-
-    @property
-    def is_noise(self) -> bool:
-        return self.attack == "noise" or self.raw.get("family") == "random"
-
-    @property
-    def failed(self) -> bool:
-        return any(claim["verdict_css"] == "fail" for claim in self.claims)
 
 
 def _iou_ratio(entry: Mapping[str, Any]) -> float | None:
@@ -126,7 +73,7 @@ def _iou_ratio(entry: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _evaluations(results: Mapping[str, Any]) -> list[_Evaluation]:
+def _evaluations(results: Mapping[str, Any]) -> list[Evaluation]:
     entries = as_list(recorded(results, "attacks"))
     evaluations = []
     for index, entry in enumerate(entries):
@@ -139,7 +86,7 @@ def _evaluations(results: Mapping[str, Any]) -> list[_Evaluation]:
         if not isinstance(eps_text, str) or not eps_text:
             eps_text = fmt_eps(eps) if eps is not None else NA
         evaluations.append(
-            _Evaluation(
+            Evaluation(
                 index=index,
                 raw=entry,
                 id=str(entry.get("id") or f"attack {index + 1}"),
@@ -154,7 +101,7 @@ def _evaluations(results: Mapping[str, Any]) -> list[_Evaluation]:
     return evaluations
 
 
-def _attach_claims(results: Mapping[str, Any], evaluations: Sequence[_Evaluation]) -> None:
+def _attach_claims(results: Mapping[str, Any], evaluations: Sequence[Evaluation]) -> None:
     by_id = {evaluation.id: evaluation for evaluation in evaluations}
     # NB: numbered over the raw list, while the claims table numbers only its mapping
     # entries, so a malformed entry ahead of a claim shifts this link by one.
@@ -166,7 +113,7 @@ def _attach_claims(results: Mapping[str, Any], evaluations: Sequence[_Evaluation
             by_id[target].claims.append(claim_ref(index, claim))
 
 
-def _group_order(evaluation: _Evaluation) -> tuple[Any, ...]:
+def _group_order(evaluation: Evaluation) -> tuple[Any, ...]:
     family = evaluation.raw.get("family")
     return (
         evaluation.is_noise,
@@ -176,7 +123,7 @@ def _group_order(evaluation: _Evaluation) -> tuple[Any, ...]:
     )
 
 
-def _row_order(evaluation: _Evaluation) -> tuple[Any, ...]:
+def _row_order(evaluation: Evaluation) -> tuple[Any, ...]:
     norm = evaluation.norm
     return (
         *_group_order(evaluation),
@@ -186,146 +133,6 @@ def _row_order(evaluation: _Evaluation) -> tuple[Any, ...]:
         evaluation.eps or 0.0,
         evaluation.index,
     )
-
-
-@dataclass(frozen=True)
-class _Style:
-    color: str
-    marker: str
-    dashed: bool
-
-
-def _styles(ordered: Sequence[_Evaluation]) -> dict[str, _Style]:
-    styles: dict[str, _Style] = {}
-    attacks = 0
-    for evaluation in ordered:
-        if evaluation.series_key in styles:
-            continue
-        if evaluation.is_noise:
-            styles[evaluation.series_key] = _Style(NOISE_COLOR, "circle", True)
-            continue
-        styles[evaluation.series_key] = _Style(
-            PALETTE[attacks % len(PALETTE)], MARKERS[attacks % len(MARKERS)], False
-        )
-        attacks += 1
-    return styles
-
-
-def _y_top(ratios: Sequence[float]) -> float:
-    highest = max(ratios, default=1.0)
-    return 1.0 if highest <= 1.0 else math.ceil(highest * 4) / 4
-
-
-def _resolution_note(evaluations: Sequence[_Evaluation]) -> str:
-    seen = []
-    for evaluation in evaluations:
-        resolution = evaluation.raw.get("resolution")
-        text = fmt_resolution(resolution) if resolution is not None else None
-        if text not in seen:
-            seen.append(text)
-    known = [text for text in seen if text is not None]
-    if not known:
-        return "input resolution not recorded"
-    if len(known) == 1 and len(seen) == 1:
-        return f"input resolution {known[0]}"
-    return "mixed input resolutions: " + "; ".join(known + ([NA] if None in seen else []))
-
-
-def _panel(
-    norm: str, evaluations: Sequence[_Evaluation], styles: Mapping[str, _Style]
-) -> dict[str, Any] | None:
-    plotted = [e for e in evaluations if e.eps is not None and e.eps > 0 and e.ratio is not None]
-    skipped = len(evaluations) - len(plotted)
-    if not plotted:
-        return None
-    eps_labels: dict[float, str] = {}
-    for evaluation in sorted(plotted, key=lambda e: e.eps or 0.0):
-        eps_labels.setdefault(round(evaluation.eps or 0.0, 12), evaluation.eps_text)
-    low, high = math.log10(min(eps_labels)), math.log10(max(eps_labels))
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
-    pad = (high - low) * 0.06
-    low, high = low - pad, high + pad
-    y_top = _y_top([e.ratio for e in plotted if e.ratio is not None])
-
-    def to_x(eps: float) -> float:
-        return round(_PLOT.left + (math.log10(eps) - low) / (high - low) * _PLOT.width, 1)
-
-    to_y = _PLOT.linear_y(y_top)
-    ticks, minor = spaced_ticks(sorted(eps_labels.items()), to_x)
-    steps = round(y_top / 0.25)
-    stride = 1 if steps <= 8 else 2
-    y_ticks = [
-        {"y": to_y(i * 0.25), "label": f"{i * 0.25:g}", "unit": i * 0.25 == 1.0}
-        for i in range(0, steps + 1, stride)
-    ]
-    series: dict[str, list[_Evaluation]] = {}
-    for evaluation in plotted:
-        series.setdefault(evaluation.series_key, []).append(evaluation)
-    order = {key: i for i, key in enumerate(styles)}
-    lines = []
-    for key in sorted(series, key=order.__getitem__):
-        style = styles[key]
-        members = sorted(series[key], key=lambda e: (e.eps or 0.0, e.index))
-        label = members[0].label
-        points = []
-        for e in members:
-            x, y = to_x(e.eps or 0.0), to_y(e.ratio or 0.0)
-            points.append(
-                {
-                    "x": x,
-                    "y": y,
-                    "path": marker_path(style.marker, x, y),
-                    "title": (
-                        f"{label}, {_norm_label(norm)} eps {e.eps_text}: IoU ratio "
-                        f"{fmt_num(e.ratio)}, mIoU {fmt_num(e.metrics.get('miou'))}"
-                    ),
-                }
-            )
-        lines.append(
-            {
-                "label": label,
-                "color": style.color,
-                "dashed": style.dashed,
-                "hollow": style.dashed,
-                "shape": style.marker,
-                "points_attr": " ".join(f"{p['x']},{p['y']}" for p in points),
-                "points": points,
-            }
-        )
-    legend, height = _PLOT.legend_below(
-        lines, gap=58, short_at=_LEGEND_SHORT, max_chars=_LEGEND_CHARS
-    )
-    title = _norm_label(norm)
-    return {
-        "norm": norm,
-        "title": f"{title} threat model",
-        "resolution": _resolution_note(evaluations),
-        "width": _PLOT.outer_width,
-        "height": height,
-        **_PLOT.frame(x_title_gap=38),
-        "x_title": f"epsilon ({title}, [0,1] pixel space; log scale)",
-        "y_title": "IoU ratio (adversarial / clean mIoU)",
-        "x_ticks": ticks,
-        "x_minor": minor,
-        "y_ticks": y_ticks,
-        "lines": lines,
-        "legend": legend,
-        "skipped": skipped,
-    }
-
-
-def _panels(ordered: Sequence[_Evaluation], styles: Mapping[str, _Style]) -> list[dict[str, Any]]:
-    norms: list[str] = []
-    for evaluation in ordered:
-        if evaluation.norm is not None and evaluation.norm not in norms:
-            norms.append(evaluation.norm)
-    panels = []
-    for norm in norms:
-        panel = _panel(norm, [e for e in ordered if e.norm == norm], styles)
-        if panel is not None:
-            panels.append(panel)
-    return panels
 
 
 def _passes(entry: Mapping[str, Any]) -> str:
@@ -345,7 +152,7 @@ def _gradient_notes(entry: Mapping[str, Any]) -> list[str]:
 _PERTURBATION_STATS = (("linf_max", "linf", "max Linf"), ("l2_mean", "l2", "mean L2"))
 
 
-def _perturbation(evaluation: _Evaluation) -> tuple[str, str]:
+def _perturbation(evaluation: Evaluation) -> tuple[str, str]:
     """The measured perturbation sizes, and a warning when one exceeds the threat model."""
     perturbation = mapping(evaluation.raw.get("perturbation"))
     parts, warning = [], ""
@@ -360,7 +167,7 @@ def _perturbation(evaluation: _Evaluation) -> tuple[str, str]:
     return ("measured " + ", ".join(parts) if parts else "", warning)
 
 
-def _row(evaluation: _Evaluation, style: _Style, examples_anchor: str | None) -> dict[str, Any]:
+def _row(evaluation: Evaluation, style: Style, examples_anchor: str | None) -> dict[str, Any]:
     entry = evaluation.raw
     metrics = evaluation.metrics
     noise = mapping(entry.get("noise"))
@@ -377,7 +184,7 @@ def _row(evaluation: _Evaluation, style: _Style, examples_anchor: str | None) ->
         "color": style.color,
         "marker": marker_path(style.marker, 7, 7, 4.0),
         "hollow": style.dashed,
-        "norm": _norm_label(evaluation.norm),
+        "norm": norm_label(evaluation.norm),
         "eps_text": evaluation.eps_text,
         "eps_value": fmt_eps(evaluation.eps) if evaluation.eps is not None else NA,
         "perturbation": perturbation,
@@ -402,7 +209,17 @@ def _diagnostics(results: Mapping[str, Any]) -> dict[str, Any]:
     raw = results.get("diagnostics")
     # the checks the run made, as it recorded them (a later version may check more)
     recorded_checks = mapping(results.get("diagnostic_checks"))
-    checks = [{"name": str(k), "description": fmt_text(v)} for k, v in recorded_checks.items()]
+    coverage = mapping(results.get("diagnostic_coverage"))
+    # a check with nothing to judge is listed apart: silence from it is not a clean bill
+    checks = [
+        {
+            "name": str(k),
+            "description": fmt_text(v),
+            "status": str(mapping(coverage.get(k)).get("status") or "not recorded"),
+            "reason": fmt_text(mapping(coverage.get(k)).get("reason")),
+        }
+        for k, v in recorded_checks.items()
+    ]
     if not isinstance(raw, list) or not (checks or raw):
         return {"recorded": False, "flags": [], "checks": checks}
     items = []
@@ -426,30 +243,35 @@ def _diagnostics(results: Mapping[str, Any]) -> dict[str, Any]:
     return {"recorded": True, "flags": items, "checks": checks}
 
 
-def _example_cells(example: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+def _example_cells(
+    example: Mapping[str, Any], name: str, evaluation: Evaluation
+) -> list[dict[str, Any]]:
     clean_acc = fmt_num(example.get("pixel_accuracy_clean"))
     adv_acc = fmt_num(example.get("pixel_accuracy_adv"))
+    # The alt text names the attack and epsilon: a thumbnail read aloud, or shown when the
+    # image does not load, must say which evaluation it belongs to.
+    under = f"under {evaluation.label} ({norm_label(evaluation.norm)}) at eps {evaluation.eps_text}"
     cells = (
-        ("image", "input", f"clean pixel acc. {clean_acc}"),
-        ("adversarial", "adversarial input", f"adv. pixel acc. {adv_acc}"),
-        ("perturbation", "perturbation", "amplified for display"),
-        ("ground_truth", "ground truth", ""),
-        ("prediction_clean", "clean prediction", f"pixel acc. {clean_acc}"),
-        ("prediction_adv", "adversarial prediction", f"pixel acc. {adv_acc}"),
+        ("image", "input", f"clean pixel acc. {clean_acc}", "clean input"),
+        ("adversarial", "adversarial input", f"adv. pixel acc. {adv_acc}", under),
+        ("perturbation", "perturbation", "amplified for display", under),
+        ("ground_truth", "ground truth", "", "labels"),
+        ("prediction_clean", "clean prediction", f"pixel acc. {clean_acc}", "no attack"),
+        ("prediction_adv", "adversarial prediction", f"pixel acc. {adv_acc}", under),
     )
     return [
         {
             "path": example.get(key),
-            "alt": f"{title} of {name}",
+            "alt": f"{title} of {name}, {context}",
             "title": title,
             "caption": note,
             "side": PERTURBATION_SIDE if key == "perturbation" else THUMBNAIL_SIDE,
         }
-        for key, title, note in cells
+        for key, title, note, context in cells
     ]
 
 
-def _examples(ordered: Sequence[_Evaluation], anchors: Mapping[int, str]) -> list[dict[str, Any]]:
+def _examples(ordered: Sequence[Evaluation], anchors: Mapping[int, str]) -> list[dict[str, Any]]:
     blocks = []
     for evaluation in ordered:
         if evaluation.index not in anchors:
@@ -464,14 +286,14 @@ def _examples(ordered: Sequence[_Evaluation], anchors: Mapping[int, str]) -> lis
                     "name": name,
                     "clean": fmt_num(example.get("pixel_accuracy_clean")),
                     "adv": fmt_num(example.get("pixel_accuracy_adv")),
-                    "cells": _example_cells(example, name),
+                    "cells": _example_cells(example, name, evaluation),
                 }
             )
         blocks.append(
             {
                 "anchor": anchors[evaluation.index],
                 "id": evaluation.id,
-                "title": f"{evaluation.label}, {_norm_label(evaluation.norm)} eps "
+                "title": f"{evaluation.label}, {norm_label(evaluation.norm)} eps "
                 f"{evaluation.eps_text}",
                 "count": len(examples),
                 "open": evaluation.failed,
@@ -498,7 +320,7 @@ def _min_norm(results: Mapping[str, Any]) -> list[dict[str, Any]]:
             {
                 "id": str(entry.get("id") or f"min-norm {index + 1}"),
                 "attack": fmt_text(entry.get("attack")),
-                "norm": _norm_label(norm),
+                "norm": norm_label(norm),
                 "num_samples": fmt_num(entry.get("num_samples")),
                 "image_median": fmt_radius(image.get("median"), norm),
                 "pixel_median": fmt_radius(pixel.get("median"), norm),
@@ -517,21 +339,22 @@ def build_attacks(results: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     _attach_claims(results, evaluations)
     ordered = sorted(evaluations, key=_row_order)
-    styles = _styles(sorted(evaluations, key=_group_order))
+    series_styles = styles(sorted(evaluations, key=_group_order))
     anchors: dict[int, str] = {}
     for evaluation in ordered:
         if any(isinstance(x, Mapping) for x in as_list(evaluation.raw.get("examples"))):
             anchors[evaluation.index] = f"attack-examples-{len(anchors) + 1}"
     rows = [
-        _row(evaluation, styles[evaluation.series_key], anchors.get(evaluation.index))
+        _row(evaluation, series_styles[evaluation.series_key], anchors.get(evaluation.index))
         for evaluation in ordered
     ]
     clean = {finite(e.raw.get("clean_miou")) for e in evaluations} - {None}
     return {
         "count": len(evaluations),
-        "groups": len(styles),
+        "groups": len(series_styles),
         "clean_miou": fmt_num(next(iter(clean))) if len(clean) == 1 else "",
-        "panels": _panels(ordered, styles),
+        "panels": panels(ordered, series_styles, results),
+        "per_class": per_class_under_attack(results, ordered),
         "rows": rows,
         "noise": any(e.is_noise for e in evaluations),
         "diagnostics": _diagnostics(results),

@@ -30,6 +30,7 @@ from audit.report.certified import (
 from audit.report.charts import PALETTE, VIRIDIS_STOPS
 from audit.report.format import fmt_eps
 from audit.report.lipschitz import LipschitzSources, lipschitz_claim_rows
+from audit.report.overlays import baseline_values
 from audit.report.soundness import (
     MAX_SCATTER_POINTS,
     VIOLATION_COLOR,
@@ -78,7 +79,7 @@ def build_certificates(results: Mapping[str, Any]) -> dict[str, Any] | None:
     lipschitz_claims = lipschitz_claim_rows(claims, sources)
     soundness = soundness_blocks(records, sources)
     rows = [
-        {k: v for k, v in cert.items() if k not in ("raw", "pa_points", "fraction_points")}
+        {k: v for k, v in cert.items() if k not in ("raw", "pa_points", "fraction_points", "marks")}
         for cert in lipschitz + smoothing
     ]
     beaten = [block for block in soundness if block["violated"]]
@@ -89,7 +90,7 @@ def build_certificates(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "others": others,
         "sources": sources.context(),
         "lipschitz_claims": lipschitz_claims,
-        "chart": certified_curves(lipschitz, smoothing, radii),
+        "chart": certified_curves(lipschitz, smoothing, radii, baseline_values(results)),
         "table_radii": [fmt_eps(r) for r in table_radii],
         "table_radii_from_claims": bool(radii),
         "rows": rows,

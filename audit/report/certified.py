@@ -4,7 +4,11 @@ and radius maps.
 Following Massena et al. (arXiv 2512.06010), certified pixel accuracy is drawn against the L2
 radius on a linear axis; a randomized-smoothing certification (SegCertify, Fischer et al.,
 ICML 2021) certifies one radius only, so it is a single point (a step down to 0 beyond its
-radius).  The table gives every certification at the radii the certified claims name.
+radius).  The table gives every certification at the radii the certified claims name.  Over
+the curves: each certified claim on certified pixel accuracy, its threshold (dash-dot, over
+the radii its sweep covers) and interval (an error bar at its radius), in its certification's
+colour; and a baseline run's certified accuracy (dotted) where the record compares with one.
+A claim on another quantity (certified mIoU) has no place on this axis and is not drawn.
 """
 
 from __future__ import annotations
@@ -37,6 +41,19 @@ from audit.report.format import (
     fmt_sig,
 )
 from audit.report.lipschitz import LipschitzSources
+from audit.report.overlays import (
+    BASELINE_COLOR,
+    BASELINE_DASH,
+    THRESHOLD_COLOR,
+    THRESHOLD_DASH,
+    ClaimMark,
+    claim_bounds,
+    claim_interval,
+    interval_bars,
+    sweep_group,
+    threshold_lines,
+    trend,
+)
 
 CLEAN_COLOR = "#57606a"
 CLAIM_RADIUS_COLOR = "#afb8c1"
@@ -100,6 +117,43 @@ def _attach(
             continue
         if match(evidence):
             out.append(claim_ref_measured(index, claim))
+    return out
+
+
+def _marks(
+    claims: Sequence[IndexedClaim],
+    certifier: str,
+    match: Callable[[Mapping[str, Any]], bool],
+    color: str,
+) -> list[ClaimMark]:
+    """The certified-pixel-accuracy claims of this certification, placed at their radius."""
+    out = []
+    for _, claim in of_kind(claims, "certified"):
+        evidence = mapping(claim.get("evidence"))
+        params = mapping(claim.get("params"))
+        if (evidence.get("certifier") or params.get("certifier")) != certifier:
+            continue
+        metric = claim.get("metric") or params.get("metric")
+        norm = str(params.get("norm") or "l2").lower()
+        if metric != "certified_pixel_accuracy" or norm != "l2" or not match(evidence):
+            continue
+        radius = finite(evidence.get("radius"))
+        if radius is None:
+            radius = radius_value(params.get("eps"))
+        if radius is None:
+            continue
+        out.append(
+            ClaimMark(
+                group=sweep_group(claim),
+                name=str(claim.get("id") or claim.get("nodeid") or "claim"),
+                x=radius,
+                x_text=f"radius {fmt_eps(radius)}",
+                bounds=claim_bounds(claim),
+                interval=claim_interval(claim),
+                quantity="certified pixel accuracy",
+                color=color,
+            )
+        )
     return out
 
 
@@ -173,6 +227,7 @@ def lipschitz_entry(
         "extra": "",
         **_cost(entry),
         "claims": _attach(claims, "lipschitz", match),
+        "marks": _marks(claims, "lipschitz", match, color),
         "pa_points": pa,
         "fraction_points": fraction,
     }
@@ -226,6 +281,7 @@ def smoothing_entry(
         "extra": " · ".join(extra),
         **_cost(entry),
         "claims": _attach(claims, "smoothing", match),
+        "marks": _marks(claims, "smoothing", match, color),
     }
 
 
@@ -253,6 +309,7 @@ def _legend_item(
     dotted: bool = False,
     shape: str = "",
     kind: str = "line",
+    dash: str = "",
 ) -> dict[str, Any]:
     return {
         "label": label,
@@ -261,6 +318,7 @@ def _legend_item(
         "dotted": dotted,
         "shape": shape,
         "kind": kind,
+        "dash": dash,
     }
 
 
@@ -345,12 +403,68 @@ def _smoothing_steps(
     return steps
 
 
+def _baseline_lines(
+    certs: Sequence[dict[str, Any]],
+    baseline: Mapping[tuple[str, str], float],
+    to_x: Scale,
+    to_y: Scale,
+) -> list[dict[str, Any]]:
+    """A Lipschitz certification's accuracy in the baseline run (its ``certified_pixel_
+    accuracy@<radius>`` rows), dotted in the certification's colour."""
+    out = []
+    for cert in certs:
+        points = [
+            (r, baseline[(cert["id"], f"certified_pixel_accuracy@{r:g}")])
+            for r, _ in cert["pa_points"]
+            if (cert["id"], f"certified_pixel_accuracy@{r:g}") in baseline
+        ]
+        if points:
+            out.append(
+                {
+                    "color": cert["color"],
+                    "points_attr": " ".join(f"{to_x(r)},{to_y(v)}" for r, v in points),
+                    "title": f"baseline run, certified pixel accuracy (L {cert['lipschitz']}) "
+                    f"at radius {fmt_eps(points[0][0])} – {fmt_eps(points[-1][0])}: "
+                    + trend([v for _, v in points]),
+                }
+            )
+    return out
+
+
+def _describe(
+    lipschitz: Sequence[dict[str, Any]],
+    smoothing: Sequence[dict[str, Any]],
+    thresholds: Sequence[dict[str, Any]],
+) -> str:
+    parts = []
+    for cert in lipschitz:
+        points = cert["pa_points"]
+        if points:
+            parts.append(
+                f"certified pixel accuracy (L {cert['lipschitz']}) at L2 radius "
+                f"{fmt_eps(points[0][0])} to {fmt_eps(points[-1][0])}: "
+                + trend([v for _, v in points])
+            )
+    for cert in smoothing:
+        parts.append(
+            f"smoothing {cert['config_label']}: certified pixel accuracy {cert['pa']:.2f} up "
+            f"to radius {fmt_eps(cert['radius'])}"
+        )
+    text = "; ".join(parts)
+    if thresholds:
+        text += ". Claim thresholds: " + "; ".join(t["label"] for t in thresholds)
+    return text + "."
+
+
 def certified_curves(
     lipschitz: Sequence[dict[str, Any]],
     smoothing: Sequence[dict[str, Any]],
     claim_radii: Sequence[float],
+    baseline: Mapping[tuple[str, str], float] | None = None,
 ) -> dict[str, Any] | None:
-    """Certified accuracy against the L2 radius, every certification on one chart."""
+    """Certified accuracy against the L2 radius, every certification on one chart, with the
+    certified claims' thresholds and intervals, and ``baseline``
+    (:func:`audit.report.overlays.baseline_values`) dotted where it has values."""
     drawable_l = [c for c in lipschitz if c["pa_points"] or c["fraction_points"]]
     drawable_s = [c for c in smoothing if c["radius"] is not None and c["pa"] is not None]
     if not drawable_l and not drawable_s:
@@ -374,6 +488,17 @@ def certified_curves(
         legend_items.append(
             _legend_item("radius stated by a certified claim", CLAIM_RADIUS_COLOR, kind="vertical")
         )
+    marks = [mark for cert in [*drawable_l, *drawable_s] for mark in cert["marks"]]
+    right = _PLOT.left + _PLOT.width
+    thresholds = threshold_lines(marks, to_x, to_y, left=_PLOT.left, right=right, pad=8.0)
+    intervals = interval_bars(marks, to_x, to_y, series_count=1)
+    baselines = _baseline_lines(drawable_l, baseline or {}, to_x, to_y)
+    if baselines:
+        legend_items.append(_legend_item("baseline", BASELINE_COLOR, dash=BASELINE_DASH))
+    if thresholds:
+        legend_items.append(_legend_item("claim threshold", THRESHOLD_COLOR, dash=THRESHOLD_DASH))
+    if intervals:
+        legend_items.append(_legend_item("claim interval (error bar)", THRESHOLD_COLOR, kind="bar"))
     legend, height = _PLOT.legend_below(
         legend_items, gap=58, short_at=_LEGEND_SHORT, max_chars=_LEGEND_CHARS, marker_r=3.5
     )
@@ -391,6 +516,10 @@ def certified_curves(
         "clean": clean,
         "steps": steps,
         "claim_lines": claim_lines,
+        "thresholds": thresholds,
+        "intervals": intervals,
+        "baselines": baselines,
+        "description": _describe(drawable_l, drawable_s, thresholds),
         "legend": legend,
     }
 

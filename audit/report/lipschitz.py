@@ -25,6 +25,16 @@ _KINDS = {
     "computed": ("computed upper bound", "pass", "proven from the weights"),
     "claimed": ("claimed, tested", "warn", "a hypothesis the falsification search did not break"),
 }
+#: a claimed constant the search refuted: never described as "not broken"
+_BROKEN = ("claimed, REFUTED", "fail")
+
+
+def _refuted(item: dict[str, Any], lower: float) -> None:
+    item["kind"], item["kind_css"] = _BROKEN
+    item["meaning"] = (
+        f"false: the falsification search found two inputs whose outputs differ by "
+        f"{fmt_sig(lower, 6)} times their distance, more than the claimed constant"
+    )
 
 
 def _layers(bound: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -89,8 +99,19 @@ class LipschitzSources:
             "layers": _layers(bound),
             "used_by": [used_by],
         }
+        if kind == "claimed" and not item["lower_below"] and lower is not None:
+            _refuted(item, lower)
         self.items.append(item)
         return item
+
+    def refute(self, value: float, lower: float) -> None:
+        """A ``lipschitz`` claim's search broke the claimed constant ``value``."""
+        for item in self.items:
+            raw = item["value_raw"]
+            if item["kind_raw"] == "claimed" and raw is not None and same_value(raw, value):
+                item["lower_bound"] = fmt_sig(lower, 6)
+                item["lower_below"] = False
+                _refuted(item, lower)
 
     def context(self) -> list[dict[str, Any]]:
         return [{k: v for k, v in item.items() if not k.endswith("_raw")} for item in self.items]
@@ -112,6 +133,9 @@ def lipschitz_claim_rows(
             )
         claimed = finite(mapping(claim.get("threshold")).get("max"))
         lower = finite(evidence.get("lower_bound"))
+        falsified = lower is not None and claimed is not None and lower > claimed
+        if falsified:
+            sources.refute(claimed, lower)  # type: ignore[arg-type]
         rows.append(
             {
                 **ref,
@@ -119,7 +143,7 @@ def lipschitz_claim_rows(
                 "bound": fmt_sig(bound.get("value") if bound else claim.get("measured"), 6),
                 "lower_bound": fmt_sig(lower, 6),
                 "lower_method": fmt_text(evidence.get("lower_bound_method")),
-                "falsified": lower is not None and claimed is not None and lower > claimed,
+                "falsified": falsified,
                 "message": str(claim.get("message") or ""),
                 "files": evidence_files(evidence.get("files")),
             }

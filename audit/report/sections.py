@@ -68,8 +68,9 @@ for _section in (
     Section("attacks", "Attacks", "_attacks.html.j2", build_attacks),
     Section("certificates", "Certificates", "_certificates.html.j2", build_certificates),
     Section("incidents", "Incidents and deviations", "_incidents.html.j2", build_incidents),
-    Section("residual-risk", "Residual risk and limits of the threat model", "_risk.html.j2",
-            build_risk),  # fmt: skip
+    Section(
+        "residual-risk", "Residual risk and limits of the threat model", "_risk.html.j2", build_risk
+    ),
     Section("conclusion", "Conclusion and sign-off", "_conclusion.html.j2", build_conclusion),
     Section("reproduction", "Annex A: reproduction", "_reproduction.html.j2", build_reproduction),
     Section("provenance", "Annex B: provenance", "_provenance.html.j2", build_provenance),

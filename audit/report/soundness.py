@@ -26,10 +26,7 @@ from audit.report.charts import (
     LEGEND_ROW,
     PALETTE,
     PlotArea,
-    linear_ticks,
     marker_path,
-    nice_top,
-    round_ticks,
 )
 from audit.report.format import (
     NA,
@@ -61,9 +58,30 @@ def _subsample(points: Sequence[Any], limit: int) -> list[Any]:
     return [points[int(i * step)] for i in range(limit)]
 
 
+def _log_domain(values: Sequence[float]) -> tuple[int, int]:
+    """Whole decades around the positive ``values`` (one decade at least)."""
+    positive = [v for v in values if v > 0]
+    if not positive:
+        return (-3, 0)
+    low = math.floor(math.log10(min(positive)) + 1e-9)
+    high = math.ceil(math.log10(max(positive)) - 1e-9)
+    return (low, max(high, low + 1))
+
+
+def _decade_ticks(low: int, high: int) -> list[float]:
+    """Decades, with 2 and 5 between them when the axis spans two decades or fewer."""
+    steps = (1.0, 2.0, 5.0) if high - low <= 2 else (1.0,)
+    ticks = [m * 10.0**k for k in range(low, high) for m in steps]
+    return [*ticks, 10.0**high]
+
+
 def _scatter(
     checks: Sequence[Mapping[str, Any]], colors: Mapping[str, str]
 ) -> dict[str, Any] | None:
+    """Certified against empirical radius on log-log axes of the same range: the diagonal is
+    y = x, a point below it is a certificate beaten, and the height above it is the gap
+    (guides at 2x and 10x).  A radius of 0 has no place on a log axis: it is drawn on the
+    axis line and counted."""
     pairs: list[tuple[str, float, float]] = []
     for check in checks:
         attack = fmt_text(check.get("attack"))
@@ -79,10 +97,18 @@ def _scatter(
     above = [p for p in pairs if p[2] >= p[1]]
     shown_below = _subsample(below, MAX_SCATTER_POINTS)
     shown_above = _subsample(above, MAX_SCATTER_POINTS - len(shown_below))
-    x_top, x_step = nice_top(max(p[1] for p in pairs), 5)
-    y_top, y_step = nice_top(max(p[2] for p in pairs), 5)
+    low, high = _log_domain([v for _, c, e in pairs for v in (c, e)])
+    span = high - low
+    area = _SCATTER
 
-    to_x, to_y = _SCATTER.linear_x(x_top), _SCATTER.linear_y(y_top)
+    def to_x(value: float) -> float:
+        fraction = (math.log10(value) - low) / span if value > 0 else 0.0
+        return round(area.left + min(max(fraction, 0.0), 1.0) * area.width, 1)
+
+    def to_y(value: float) -> float:
+        fraction = (math.log10(value) - low) / span if value > 0 else 0.0
+        return round(area.bottom - min(max(fraction, 0.0), 1.0) * area.height, 1)
+
     groups: dict[str, list[tuple[float, float]]] = {}
     for attack, cert, emp in shown_above:
         groups.setdefault(attack, []).append((to_x(cert), to_y(emp)))
@@ -106,10 +132,29 @@ def _scatter(
         }
         for attack, cert, emp in shown_below
     ]
-    diagonal = min(x_top, y_top)
-    x_ticks, _ = round_ticks(x_top, x_step, to_x)
+    bottom_v, top_v = 10.0**low, 10.0**high
+    ticks = [
+        {"x": to_x(v), "y": to_y(v), "label": fmt_tick(v), "decade": _is_decade(v)}
+        for v in _decade_ticks(low, high)
+    ]
+    guides = []
+    for factor, label in ((2.0, "×2"), (10.0, "×10")):
+        shift = math.log10(factor)
+        if shift >= span:
+            continue
+        end = top_v / factor
+        guides.append(
+            {
+                "x1": to_x(bottom_v),
+                "y1": to_y(bottom_v * factor),
+                "x2": to_x(end),
+                "y2": to_y(top_v),
+                "label": label,
+                "title": f"empirical radius {label[1:]} times the certified one",
+            }
+        )
     ratios = [p[1] / p[2] for p in pairs if p[2] > 0]
-    legend_top = _SCATTER.bottom + 56
+    legend_top = area.bottom + 56
     legend = []
     for i, item in enumerate(series):
         legend.append(
@@ -128,28 +173,55 @@ def _scatter(
                 "y": legend_top + len(series) * LEGEND_ROW,
                 "red": True,
                 "marker": marker_path(
-                    "diamond", _SCATTER.left + 8, legend_top + len(series) * LEGEND_ROW, 3.6
+                    "diamond", area.left + 8, legend_top + len(series) * LEGEND_ROW, 3.6
                 ),
             }
         )
+    zeros = sum(1 for _, c, e in pairs if c == 0 or e == 0)
+    median = _median(ratios)
+    description = (
+        f"{len(pairs):,} pixels' certified radius against the empirical one, log-log axes "
+        f"from {fmt_tick(bottom_v)} to {fmt_tick(top_v)}: "
+        + (
+            f"{len(below):,} below the diagonal y = x (certificates beaten)"
+            if below
+            else "none below the diagonal y = x"
+        )
+        + (f"; median certified / empirical {median:.2f}" if median is not None else "")
+    )
     return {
-        "width": _SCATTER.outer_width,
+        "width": area.outer_width,
         "height": legend_top + len(legend) * LEGEND_ROW + 4,
-        **_SCATTER.frame(x_title_gap=36),
-        "x_ticks": x_ticks,
-        "y_ticks": [{"y": to_y(v), "label": fmt_tick(v)} for v in linear_ticks(y_top, y_step)],
-        "diagonal": {"x1": to_x(0), "y1": to_y(0), "x2": to_x(diagonal), "y2": to_y(diagonal)},
-        "diagonal_label": {"x": to_x(diagonal) + 4, "y": to_y(diagonal) + 4},
+        **area.frame(x_title_gap=36),
+        "x_ticks": ticks,
+        "y_ticks": ticks,
+        "diagonal": {
+            "x1": to_x(bottom_v),
+            "y1": to_y(bottom_v),
+            "x2": to_x(top_v),
+            "y2": to_y(top_v),
+        },
+        "diagonal_label": {"x": to_x(top_v) + 4, "y": to_y(top_v) + 4},
+        "below_region": f"{area.left},{area.bottom} {to_x(top_v)},{to_y(top_v)} "
+        f"{to_x(top_v)},{area.bottom}",
+        "guides": guides,
         "series": series,
         "violations": violations,
         "legend": legend,
-        "legend_x": _SCATTER.left,
+        "legend_x": area.left,
         "total": len(pairs),
         "shown": len(shown_below) + len(shown_above),
         "below": len(below),
-        "same_scale": math.isclose(x_top, y_top),
-        "median_from_points": fmt_sig(_median(ratios), 3),
+        "zeros": zeros,
+        "same_scale": True,
+        "description": description,
+        "median_from_points": fmt_sig(median, 3),
     }
+
+
+def _is_decade(value: float) -> bool:
+    exponent = math.log10(value)
+    return abs(exponent - round(exponent)) < 1e-9
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -304,6 +376,10 @@ def soundness_blocks(
         violations = finite(entry.get("violations"))
         counterexample = _counterexample(entry.get("counterexample"))
         falsified = _falsified(entry.get("falsified"), lipschitz)
+        refuted_at = finite(mapping(entry.get("falsified")).get("lower_bound"))
+        claimed = finite(lipschitz.get("value"))
+        if refuted_at is not None and claimed is not None and refuted_at > claimed:
+            sources.refute(claimed, refuted_at)
         tightness = [
             {"attack": fmt_text(c.get("attack")), "value": fmt_sig(c.get("tightness_median"), 3)}
             for c in checks
