@@ -23,5 +23,5 @@ fi
 # build-constraints.txt caps setuptools for building sdists (visdom, needed by adv-lib,
 # does not build on setuptools>=81); --build-constraint needs pip>=25.3, hence the upgrade.
 "$VENV/bin/python" -m pip install --quiet --build-constraint build-constraints.txt \
-  "${constraints[@]}" -e '.[attacks,dev,train,advlib,lipnets]'
+  "${constraints[@]}" -e '.[attacks,dev,train,advlib,lipnets,reference]'
 "$VENV/bin/python" -c "import torch; print('setup: torch', torch.__version__, 'ready in $VENV')"
