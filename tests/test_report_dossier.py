@@ -242,6 +242,7 @@ def test_dossier_records_the_environment_and_the_checks_that_could_not_apply(
     assert record["provenance"]["libraries"]["torch"] == torch.__version__.split("+")[0]
     confidence = section_html(html, "environment")
     assert f"{env['torch_threads']} intra-op" in confidence
+    assert "1 attack and 0 minimal-norm evaluation(s) left the model" in confidence
     # one attack at one epsilon: most checks have nothing to judge, and none of those may
     # read as clear
     coverage = record["diagnostic_coverage"]

@@ -119,6 +119,22 @@ def _diagnostic_checks(results: Mapping[str, Any]) -> list[dict[str, str]]:
     return rows
 
 
+def _guard(results: Mapping[str, Any]) -> str:
+    """What the model guard vouches for: every attack and minimal-norm evaluation in the record
+    ran under it, and one that changed the model would have ended in an error, not an entry."""
+    attacks = [
+        e for e in as_list(recorded(results, "attacks")) if mapping(e).get("family") != "random"
+    ]
+    searches = as_list(recorded(results, "min_norm"))
+    if not attacks and not searches:
+        return "no attack ran, so nothing could change the model"
+    return (
+        f"{len(attacks)} attack and {len(searches)} minimal-norm evaluation(s) left the model's "
+        "weights, buffers, gradients and train/eval flags as they found them (an evaluation "
+        "that changed them ends in an error and is not recorded)"
+    )
+
+
 def _soundness_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
     rows = []
     for entry in as_list(recorded(results, "soundness")):
@@ -165,6 +181,7 @@ def build_confidence(results: Mapping[str, Any]) -> dict[str, Any]:
         "environment_recorded": bool(mapping(provenance.get("environment"))),
         "pickle_trust": fmt_pickle_trust(provenance.get("trust_pickle")),
         "pickle_trusted": mapping(provenance.get("trust_pickle")).get("enabled") is True,
+        "guard": _guard(results),
         "checks": _diagnostic_checks(results),
         "soundness": _soundness_rows(results),
         "constants": _constants(results),
