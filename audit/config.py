@@ -21,9 +21,17 @@ DEMO_MODEL = "demo"
 DEFAULT_SUITE = "smoke"
 DEFAULT_DATA = "synthetic"
 DEFAULT_REPORT_DIR = "audit-report"
+#: Hypothesis' example database of the searching claims, under the project root: a failure
+#: found once is replayed first on the next run (``none`` turns it off)
+DEFAULT_HYPOTHESIS_DB = Path(".segaudit/hypothesis")
 #: values of the ``palette`` setting: the dataset's class colours, or a colour-blind safe set
 #: (audit.record.images.COLORBLIND_PALETTE)
 PALETTES = ("dataset", "colorblind")
+#: object size buckets (audit.objects): an object is small below the first fraction of the
+#: image's area, large at or above the second.  0.1% is about 46 x 46 pixels of a Cityscapes
+#: frame (1024 x 2048), where distant pedestrians, poles and signs lie; 1% (145 x 145) holds
+#: near cars and people.  One decade apart, so each bucket spans the same factor in area.
+DEFAULT_SIZE_BUCKETS: tuple[float, float] = (0.001, 0.01)
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -52,6 +60,9 @@ class Settings:
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     examples: int = 4
+    #: object size buckets: area fractions (small below, large at or above); see
+    #: :data:`DEFAULT_SIZE_BUCKETS`
+    size_buckets: tuple[float, float] = DEFAULT_SIZE_BUCKETS
     #: wall-clock budget of every claim in seconds (a claim's ``timeout`` key wins); None: none
     claim_timeout: float | None = None
     #: a previous run's results.json (or its report folder) to compare this run with
@@ -60,6 +71,8 @@ class Settings:
     fail_on_regression: bool = False
     #: where to write the run as a CTRF report (https://ctrf.io); None: not written
     ctrf: Path | None = None
+    #: Hypothesis' example database folder of the searching claims; None: no database
+    hypothesis_db: Path | None = DEFAULT_HYPOTHESIS_DB
     #: claim selector -> replacement threshold ({"min": x} and/or {"max": y}); a selector is
     #: an item's node id, ``suite::id`` of a sweep's claim, or a bare claim id
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -97,11 +110,13 @@ FILE_KEYS: dict[str, str] = {
     "bootstrap_resamples": "bootstrap_resamples",
     "confidence": "confidence",
     "examples": "examples",
+    "size_buckets": "size_buckets",
     "thresholds": "thresholds",
     "claim_timeout": "claim_timeout",
     "baseline": "baseline",
     "fail_on_regression": "fail_on_regression",
     "ctrf": "ctrf",
+    "hypothesis_db": "hypothesis_db",
 }
 
 
@@ -139,6 +154,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, str | Path) or not str(value):
             raise _type_error(source, key, "a file path", value)
         return Path(value)
+    if key == "hypothesis_db":
+        if not isinstance(value, str | Path) or not str(value):
+            raise _type_error(source, key, "a directory path, or 'none'", value)
+        return None if str(value).lower() == "none" else Path(value)
     if key == "device":
         if not isinstance(value, str) or not _DEVICE_RE.match(value):
             raise ConfigError(
@@ -168,6 +187,8 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
             raise _type_error(source, key, "a number between 0 and 1 (exclusive)", value)
         return float(value)
+    if key == "size_buckets":
+        return parse_size_buckets(value, source)
     if key == "metadata":
         if not isinstance(value, Mapping):
             raise _type_error(source, key, "a table of model metadata", value)
@@ -184,6 +205,29 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise _type_error(source, key, "a number of seconds > 0", value)
         return float(value)
     raise AssertionError(f"unhandled setting {key}")  # FILE_KEYS and _coerce out of sync
+
+
+def parse_size_buckets(value: Any, source: str) -> tuple[float, float]:
+    """Two area fractions ``[small, large]`` with ``0 < small < large <= 1``; on the command
+    line ``SMALL,LARGE`` (``0.001,0.01``)."""
+    expected = "two area fractions [small, large] with 0 < small < large <= 1"
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or len(items) != 2:
+        raise _type_error(source, "size_buckets", expected, value)
+    numbers = []
+    for item in items:
+        if isinstance(item, bool):
+            raise _type_error(source, "size_buckets", expected, value)
+        try:
+            number = float(item.strip() if isinstance(item, str) else item)
+        except (TypeError, ValueError):
+            raise _type_error(source, "size_buckets", expected, value) from None
+        numbers.append(number)
+    small, large = numbers
+    # written to hold for NaN too: every comparison with NaN is false
+    if not (0 < small < large <= 1):
+        raise ConfigError(f"expected {expected}, got {value!r}", source=source, key="size_buckets")
+    return small, large
 
 
 def _threshold_number(value: Any, source: str, key: str) -> float:
@@ -342,6 +386,16 @@ def resolve_settings(
     ctrf = settings.ctrf
     if ctrf is not None and not ctrf.is_absolute():
         ctrf = (settings.base_for("ctrf") / ctrf).resolve()
+    hypothesis_db = settings.hypothesis_db
+    if hypothesis_db is not None and not hypothesis_db.is_absolute():
+        # the default lives under the project root, wherever pytest was started
+        base = rootdir if "hypothesis_db" not in sources else settings.base_for("hypothesis_db")
+        hypothesis_db = (base / hypothesis_db).resolve()
     return replace(
-        settings, report_dir=report_dir.resolve(), model=model, baseline=baseline, ctrf=ctrf
+        settings,
+        report_dir=report_dir.resolve(),
+        model=model,
+        baseline=baseline,
+        ctrf=ctrf,
+        hypothesis_db=hypothesis_db,
     )

@@ -13,15 +13,18 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from audit import metrics
 from audit.budget import Budget
+from audit.config import DEFAULT_SIZE_BUCKETS
 from audit.errors import ClaimTimeout, ConfigError, ThreatOutOfRange
 from audit.model import check_finite as check_finite_logits
 from audit.model import check_num_classes
+from audit.objects import check_size_buckets
 from audit.threat import ThreatModel, radius_beyond_image
 
 if TYPE_CHECKING:
@@ -95,6 +98,7 @@ class Engine:
         confidence: float = 0.95,
         examples: int = 4,
         attack_examples: int = 3,
+        size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
     ) -> None:
         self.model = model
         self.dataset = dataset
@@ -106,7 +110,12 @@ class Engine:
         self.confidence = confidence
         self.max_examples = examples
         self.attack_examples = min(attack_examples, examples)
+        #: object size buckets (area fractions) of the per-object-size counts
+        self.size_buckets = check_size_buckets(size_buckets)
         self.forward_passes = 0
+        #: folder of Hypothesis' example database for searching claims (None: none); set by
+        #: whoever builds the engine, from the ``hypothesis_db`` setting
+        self.hypothesis_db: Path | None = None
         self._cache: dict[str, Any] = {}
         #: evaluations asked for with ``log=True``, by cache key, in the order first computed
         self.log: dict[str, LoggedEvaluation] = {}
@@ -145,6 +154,7 @@ class Engine:
             "data": self.dataset.fingerprint(),
             "num_samples": self.num_samples,
             "seed": self.seed,
+            "size_buckets": list(self.size_buckets),
             "torch": torch.__version__,
         }
 

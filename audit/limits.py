@@ -53,6 +53,11 @@ CEILINGS: dict[str, Ceiling] = {
     "attacks": Ceiling(16, "attacks in one claim", of_list=True),
     "eps": Ceiling(64, "epsilons in one sweep (an item each)", of_list=True),
     "samples": Ceiling(1_000, "gradient samples per attack step"),
+    # Hypothesis searches (corruption_search, invariance): each example is a forward pass
+    # over the searched images, and shrinking adds a few dozen more
+    "max_examples": Ceiling(10_000, "search examples (a forward pass each)"),
+    "search_images": Ceiling(1_024, "images each search example is measured on"),
+    "severity": Ceiling(64, "severities in one corruption sweep (an item each)", of_list=True),
 }
 
 #: keyword arguments of library attacks (a claim's ``params`` table) that count work -> the

@@ -22,6 +22,7 @@ from audit.interrupts import describe_interruption
 from audit.record.baseline import load_baseline
 from audit.record.baseline_table import summary_lines
 from audit.record.summary_table import claims_table
+from audit.record.user_tests import AUDIT_FIXTURES, user_test_entry
 from audit.record.writer import (
     PARTIAL_DIR,
     complete_record_in,
@@ -45,6 +46,9 @@ _session_key: pytest.StashKey[AuditSession] = pytest.StashKey()
 _ENTRY_ATTR = "segaudit_entry"
 #: what a bare --audit stands for: the configured model, else the demo
 _CONFIGURED_MODEL = "<configured>"
+#: a user's own test's outcome (JSON text) on its test report, for the record, like
+#: _ENTRY_ATTR; set for tests that use one of these fixtures
+_USER_TEST_ATTR = "segaudit_user_test"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -65,7 +69,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         dest="segaudit_data",
         metavar="SPEC",
         help="dataset: synthetic[?n=64&seed=0&size=128x256], cityscapes:PATH[?split=val], "
-        "voc:PATH[?split=val], folder:PATH (default: synthetic)",
+        "acdc:PATH[?condition=all&split=val], voc:PATH[?split=val], folder:PATH "
+        "(default: synthetic)",
     )
     group.addoption(
         "--audit-suite",
@@ -94,6 +99,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="PALETTE",
         help="class colours of drawn masks and the report: dataset (default) or colorblind "
         "(Okabe-Ito, safe under colour-vision deficiency)",
+    )
+    group.addoption(
+        "--audit-size-buckets",
+        dest="segaudit_size_buckets",
+        metavar="SMALL,LARGE",
+        help="object size buckets as fractions of the image area: an object is small below "
+        "SMALL, large at or above LARGE (default 0.001,0.01)",
     )
     group.addoption("--audit-seed", dest="segaudit_seed", type=int, help="random seed (default 0)")
     group.addoption(
@@ -177,6 +189,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also write the run as a CTRF JSON report (https://ctrf.io), one test per claim",
     )
     group.addoption(
+        "--audit-hypothesis-db",
+        dest="segaudit_hypothesis_db",
+        metavar="DIR",
+        help="Hypothesis example database of the searching claims (corruption_search, "
+        "invariance), so a failure found once is replayed first (default "
+        ".segaudit/hypothesis under the project root; 'none' turns it off)",
+    )
+    group.addoption(
         "--audit-only",
         dest=OPT_ONLY,
         action="store_true",
@@ -225,6 +245,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "report_dir": opt("segaudit_report"),
             "device": opt("segaudit_device"),
             "palette": opt("segaudit_palette"),
+            "size_buckets": opt("segaudit_size_buckets"),
             "seed": opt("segaudit_seed"),
             "limit": opt("segaudit_limit"),
             "batch_size": opt("segaudit_batch_size"),
@@ -237,6 +258,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "baseline": opt("segaudit_baseline"),
             "fail_on_regression": opt("segaudit_fail_on_regression"),
             "ctrf": opt("segaudit_ctrf"),
+            "hypothesis_db": opt("segaudit_hypothesis_db"),
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
         if not config.option.collectonly:
@@ -333,6 +355,12 @@ class AuditRun:
         if entry is not None and (report.when == "call" or report.failed):
             # pytest serialises a report's attributes for xdist (pytest_report_to_serializable)
             setattr(report, _ENTRY_ATTR, entry)
+        if not isinstance(item, ClaimItem) and any(
+            name in AUDIT_FIXTURES for name in getattr(item, "fixturenames", ())
+        ):
+            user = user_test_entry(item, call, report)
+            if user is not None:
+                setattr(report, _USER_TEST_ATTR, json.dumps(user, default=str))
         error = call.excinfo.value if call.excinfo is not None else None
         if (
             isinstance(item, ClaimItem)
@@ -352,6 +380,9 @@ class AuditRun:
             # A partial record after every claim (from xdist workers too) survives
             # even a killed process.
             self.audit.checkpoint()
+        user = getattr(report, _USER_TEST_ATTR, None)
+        if isinstance(user, str):
+            self.audit.recorder.record_user_test(json.loads(user))
 
     def pytest_deselected(self, items: list[pytest.Item]) -> None:
         self.deselected += sum(isinstance(item, ClaimItem) for item in items)

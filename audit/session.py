@@ -208,7 +208,9 @@ class AuditSession:
             bootstrap_resamples=s.bootstrap_resamples,
             confidence=s.confidence,
             examples=s.examples,
+            size_buckets=s.size_buckets,
         )
+        engine.hypothesis_db = s.hypothesis_db
         self.recorder.provenance.update(
             device=str(device),
             model={

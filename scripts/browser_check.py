@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,23 +140,37 @@ def check(
     if not index.is_file():
         return [f"{index} does not exist"]
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="segaudit-chromium-") as profile:
+    # Chromium's helper processes may still be writing to the profile for a moment after
+    # the browser exits: its own session is ended as a group, and a file left in the
+    # temporary profile is not an error of the check.
+    with tempfile.TemporaryDirectory(
+        prefix="segaudit-chromium-", ignore_cleanup_errors=True
+    ) as profile:
         process = subprocess.Popen(
             [browser, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         try:
             tools = DevTools(_page_socket(_port_from(Path(profile))))
             problems, header = _inspect(tools, index, out, width)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _end_session(process)
     pdf_bytes = (out / "report.pdf").read_bytes()
     return problems + check_pdf(pdf_bytes, out / "report.pdf", min_pages, expect_header or header)
+
+
+def _end_session(process: subprocess.Popen[bytes]) -> None:
+    """Stop the browser and every helper process it started (they share its session)."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _inspect(tools: DevTools, index: Path, out: Path, width: int) -> tuple[list[str], str | None]:

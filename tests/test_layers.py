@@ -32,6 +32,7 @@ LAYERS: dict[str, int] = {
             "errors",
             "threat",
             "metrics",
+            "objects",
             "config",
             "resources",
             "interrupts",
@@ -44,8 +45,11 @@ LAYERS: dict[str, int] = {
         ),
         0,
     ),
-    **dict.fromkeys(("model", "data", "certify", "nets"), 1),
+    **dict.fromkeys(("model", "data", "certify", "nets", "corruptions"), 1),
     "attacks": 2,
+    # Hypothesis strategies over corruptions and perturbations: public, for claims and for
+    # users' own tests; above the corruptions they draw, below the engine
+    "strategies": 2,
     "engine": 3,
     "evaluations": 4,
     "claims": 5,
@@ -64,13 +68,23 @@ REPORT_MAY_IMPORT = {name for name, layer in LAYERS.items() if layer == 0} | {"r
 LAZY_BOUNDARIES = {"audit/__init__.py", "audit/plugin.py"}
 #: optional or heavy libraries a function may import when it needs them
 #: (jsonschema: only the record's validation needs it, and modules every run loads import that)
-OPTIONAL_LIBRARIES = {"foolbox", "torchattacks", "adv_lib", "orthogonium", "jsonschema"}
+OPTIONAL_LIBRARIES = {
+    "foolbox",
+    "torchattacks",
+    "adv_lib",
+    "orthogonium",
+    "jsonschema",
+    # the corruptions' reference (the ``reference`` extra) and the shim it needs to import
+    "imagecorruptions",
+    "pkg_resources",
+}
 MAX_LINES = 600
 #: modules named like a package elsewhere in audit/, each a deliberate parallel -> why
 SHARED_NAMES: dict[str, str] = {
     "audit/claims/lipschitz.py": "claim kind 'lipschitz'; certify/lipschitz/ holds the bound",
     "audit/evaluations/lipschitz.py": "evaluation behind kind 'lipschitz', one per kind",
     "audit/report/attacks.py": "the report's Attacks section, one module per section",
+    "audit/report/corruptions.py": "the report's Corruptions section, one module per section",
     "audit/report/lipschitz.py": "the report's Lipschitz-source tables, one per kind",
 }
 

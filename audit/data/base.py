@@ -33,6 +33,9 @@ class SegmentationDataset(ABC):
     ignore_index: int
     #: one RGB triple per class, for drawing masks in reports
     palette: tuple[tuple[int, int, int], ...]
+    #: conditions the images were taken in (ACDC: fog, night, rain, snow), for results per
+    #: condition; empty for a layout that records none
+    conditions: tuple[str, ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -44,6 +47,11 @@ class SegmentationDataset(ABC):
     @abstractmethod
     def __getitem__(self, index: int) -> Sample:
         """Load sample ``index``; raise :class:`~audit.errors.DataError` naming a bad file."""
+
+    def condition(self, index: int) -> str | None:
+        """The condition (one of :attr:`conditions`) sample ``index`` was taken in; ``None``
+        for a layout without conditions."""
+        return None
 
     @abstractmethod
     def fingerprint(self) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from audit.data.acdc import ACDCDataset
 from audit.data.base import SegmentationDataset
 from audit.data.cityscapes import CityscapesDataset
 from audit.data.folder import FolderDataset
@@ -23,6 +24,7 @@ EXAMPLES = (
     "synthetic",
     "synthetic?n=32&seed=3&size=128x256",
     "cityscapes:/data/cityscapes?split=val&size=512x1024",
+    "acdc:/data/acdc?condition=fog,night&split=val",
     "voc:/data/VOCdevkit/VOC2012?split=val",
     "folder:/data/mydata?images=img&masks=lbl",
 )
@@ -72,6 +74,11 @@ _OPTIONS: dict[str, dict[str, tuple[str, _Parser]]] = {
         "size": ("size", _size),
     },
     "cityscapes": {"split": ("split", _text), "size": ("size", _size)},
+    "acdc": {
+        "condition": ("conditions", _text),
+        "split": ("split", _text),
+        "size": ("size", _size),
+    },
     "voc": {"split": ("split", _text), "size": ("size", _size)},
     "folder": {
         "images": ("images", _text),
@@ -114,7 +121,7 @@ def open_dataset(
 
     ``default_class_names`` (usually the model's declared ones) name the classes of a
     layout that does not name them itself: a folder without ``classes.txt`` or
-    ``classes=``.  Layouts with fixed classes (synthetic, Cityscapes, VOC) ignore it.
+    ``classes=``.  Layouts with fixed classes (synthetic, Cityscapes, ACDC, VOC) ignore it.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise _error(f"empty data spec; examples: {', '.join(EXAMPLES)}")
@@ -171,6 +178,8 @@ def _build(
     root = _root(path, base_dir)
     if kind == "cityscapes":
         return CityscapesDataset(root, **kwargs)
+    if kind == "acdc":
+        return ACDCDataset(root, **kwargs)
     if kind == "voc":
         return VOCDataset(root, **kwargs)
     return FolderDataset(root, **kwargs)

@@ -1,8 +1,9 @@
 """Attack evaluations: one attack over the engine's dataset slice, reduced to additive state.
 
 What is kept per (attack, parameters, threat) is additive state, as for clean images: per-image
-confusion matrices under attack, per-image counts of flipped pixels, perturbation norms,
-gradient health counts, pass counts, and the few worst images as evidence for the report.
+confusion matrices under attack, per-image counts of flipped pixels and of ground-truth
+objects found per size bucket, perturbation norms, gradient health counts, pass counts, and
+the few worst images as evidence for the report.
 Scores, IoU ratios and diagnostics are computed from that state later, by claims and the
 record.
 """
@@ -24,6 +25,8 @@ from audit.attacks.base import Attack, AttackContext
 from audit.engine import cache_key
 from audit.errors import ClaimTimeout, EvaluationError, ThreatOutOfRange
 from audit.evaluations.guard import ModelGuard
+from audit.evaluations.per_image import PerImage
+from audit.objects import Objects, find_objects, object_counts
 from audit.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -64,7 +67,7 @@ class GradientHealth:
 
 
 @dataclass(frozen=True)
-class AttackEvaluation:
+class AttackEvaluation(PerImage):
     """One attack at one threat model over the dataset slice."""
 
     attack: str
@@ -86,6 +89,9 @@ class AttackEvaluation:
     #: are those of the whole computation
     shared_by: int = 1
     examples: tuple[AdversarialExample, ...] = field(default=())
+    #: N x 3 x 4 int64 counts of ground-truth objects per size bucket under attack
+    #: (audit.objects)
+    object_sizes: torch.Tensor | None = None
 
     @property
     def id(self) -> str:
@@ -94,15 +100,6 @@ class AttackEvaluation:
         eps = self.threat.eps.text.replace("/", "-").replace(".", "p")
         name = self.attack.replace(":", "-").lower()
         return f"{name}-{self.threat.norm}-{eps}-{digest.hexdigest()[:6]}"
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.per_image.shape[0])
-
-    @property
-    def resolution(self) -> tuple[int, int] | None:
-        sizes = set(self.resolutions)
-        return next(iter(sizes)) if len(sizes) == 1 else None
 
     @property
     def success_rate(self) -> float:
@@ -180,6 +177,7 @@ class _Accumulator:
         self.linf: list[torch.Tensor] = []
         self.l2: list[torch.Tensor] = []
         self.sizes: list[tuple[int, int]] = []
+        self.object_sizes: list[torch.Tensor] = []
         self.max_examples = max_examples
         self.worst: list[tuple[float, int, dict[str, Any]]] = []
 
@@ -191,6 +189,7 @@ class _Accumulator:
         adv_pred: torch.Tensor,
         num_classes: int,
         ignore_index: int,
+        objects: Objects | None = None,
     ) -> None:
         labelled = batch.masks != ignore_index
         right = (clean_pred == batch.masks) & labelled
@@ -203,6 +202,8 @@ class _Accumulator:
         self.linf.append(delta.abs().amax(1).cpu())
         self.l2.append(delta.norm(dim=1).cpu())
         self.sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
+        if objects is not None:
+            self.object_sizes.append(object_counts(objects, adv_pred, batch.masks).cpu())
         if self.max_examples:
             self._keep_worst(batch, adv, clean_pred, adv_pred, cms, right)
 
@@ -233,6 +234,7 @@ class _Accumulator:
             l2=torch.cat(self.l2),
             resolutions=tuple(self.sizes),
             examples=tuple(_materialise(candidate) for _, _, candidate in self.worst),
+            object_sizes=torch.cat(self.object_sizes) if self.object_sizes else None,
             **fields,
         )
 
@@ -352,6 +354,8 @@ def run_attack(
             clean_finite = torch.isfinite(clean_logits).all()
             clean_pred = clean_logits.argmax(1)
             del clean_logits
+            # The ground-truth objects are the same for every threat model: found once.
+            objects = find_objects(batch.masks, engine.ignore_index, engine.size_buckets)
         if len(threats) > 1 and attack.shares_grid:
             advs = attack.grid(batch.images, batch.masks, threats, ctx)
         else:
@@ -363,7 +367,13 @@ def run_attack(
             with torch.no_grad():
                 adv_pred = engine.forward(adv, batch.names).argmax(1)
             accumulator.update(
-                batch, adv, clean_pred, adv_pred, engine.num_classes, engine.ignore_index
+                batch,
+                adv,
+                clean_pred,
+                adv_pred,
+                engine.num_classes,
+                engine.ignore_index,
+                objects,
             )
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)

@@ -1,7 +1,8 @@
 """The clean evaluation: the model's predictions on unperturbed images, as additive state.
 
-Per-image confusion matrices (they sum over batches, shards and processes the same way) and
-a few examples for the report; every clean metric is computed from them later.
+Per-image confusion matrices and counts of ground-truth objects per size bucket (both sum
+over batches, shards and processes the same way) and a few examples for the report; every
+clean metric is computed from them later.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from audit import metrics
+from audit import metrics, objects
 from audit.errors import EvaluationError
+from audit.evaluations.per_image import PerImage
 
 if TYPE_CHECKING:
     from audit.engine import Batch, Engine
@@ -31,17 +33,15 @@ class Example:
 
 
 @dataclass(frozen=True)
-class CleanEvaluation:
+class CleanEvaluation(PerImage):
     """Predictions on unperturbed images, reduced to additive state."""
 
     per_image: torch.Tensor  # N x K x K int64 confusion matrices
     sample_names: tuple[str, ...]
     resolutions: tuple[tuple[int, int], ...]
     examples: tuple[Example, ...] = field(default=())
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.per_image.shape[0])
+    #: N x 3 x 4 int64 counts of ground-truth objects per size bucket (audit.objects)
+    object_sizes: torch.Tensor | None = None
 
     @property
     def confusion(self) -> torch.Tensor:
@@ -50,12 +50,6 @@ class CleanEvaluation:
     @property
     def num_pixels(self) -> int:
         return int(self.per_image.sum())
-
-    @property
-    def resolution(self) -> tuple[int, int] | None:
-        """The common input size, or ``None`` when images differ in size."""
-        sizes = set(self.resolutions)
-        return next(iter(sizes)) if len(sizes) == 1 else None
 
 
 def evaluate_clean(engine: Engine) -> CleanEvaluation:
@@ -68,6 +62,7 @@ def _compute_clean(engine: Engine) -> CleanEvaluation:
     names: list[str] = []
     sizes: list[tuple[int, int]] = []
     examples: list[Example] = []
+    object_sizes: list[torch.Tensor] = []
     with torch.inference_mode():
         for batch in engine.batches():
             pred = engine.forward(batch.images, batch.names).argmax(1)
@@ -75,6 +70,11 @@ def _compute_clean(engine: Engine) -> CleanEvaluation:
                 pred, batch.masks, engine.num_classes, engine.ignore_index
             ).cpu()
             per_image.append(cms)
+            object_sizes.append(
+                objects.size_bucket_counts(
+                    pred, batch.masks, engine.ignore_index, engine.size_buckets
+                ).cpu()
+            )
             names.extend(batch.names)
             sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
             for j in range(len(batch.names)):
@@ -83,7 +83,13 @@ def _compute_clean(engine: Engine) -> CleanEvaluation:
                 examples.append(_example(batch, j, pred[j], cms[j]))
     if not per_image:
         raise EvaluationError(f"dataset {engine.dataset.kind!r} has no samples to evaluate")
-    return CleanEvaluation(torch.cat(per_image), tuple(names), tuple(sizes), tuple(examples))
+    return CleanEvaluation(
+        torch.cat(per_image),
+        tuple(names),
+        tuple(sizes),
+        tuple(examples),
+        object_sizes=torch.cat(object_sizes),
+    )
 
 
 def _example(batch: Batch, j: int, pred: torch.Tensor, cm: torch.Tensor) -> Example:

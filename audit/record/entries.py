@@ -25,6 +25,8 @@ from audit.evaluations.attack import evaluate_noise, noise_key
 from audit.evaluations.certified import KAPPA, LipschitzCertification, smoothing_miou
 from audit.evaluations.clean import evaluate_clean
 from audit.metrics import finite_or_none
+from audit.record.breakdowns import by_condition, by_object_size
+from audit.record.corruption_entries import summarise_corruptions
 from audit.record.diagnostics import CHECKS, attack_diagnostics, diagnostic_coverage
 from audit.record.images import (
     PNG_COMPRESS_LEVEL,
@@ -62,6 +64,7 @@ def summarise(
             lambda: _attacks(recorder, engine, report_dir, compute, palette),
         ),
         ("certificates", lambda: _certificates(recorder, engine, report_dir)),
+        ("corruptions", lambda: summarise_corruptions(recorder, engine, compute=compute)),
     )
     for what, step in steps:
         try:
@@ -128,6 +131,14 @@ def _clean(
         "confusion_matrix": cm.tolist(),
         "examples": examples,
     }
+    # Only what applies: a dataset without conditions, or an evaluation built without object
+    # counts (by a plug-in or a test), leaves the key out.
+    conditions = by_condition(clean.per_image, engine.dataset)
+    if conditions is not None:
+        recorder.evaluations["clean"]["by_condition"] = conditions
+    sizes = by_object_size(clean.object_sizes, engine.size_buckets)
+    if sizes is not None:
+        recorder.evaluations["clean"]["by_object_size"] = sizes
     recorder.provenance.setdefault("dataset", {})["resolution"] = (
         list(clean.resolution) if clean.resolution else None
     )
@@ -204,6 +215,7 @@ def _attack_entry(
         "num_samples": ev.num_samples,
         "metrics": scores,
         "per_class": per_class_iou(ev.per_image, engine.class_names),
+        "by_object_size": by_object_size(ev.object_sizes, engine.size_buckets),
         "clean_miou": finite_or_none(clean_miou),
         "iou_ratio": finite_or_none(ratio),
         "success_rate": finite_or_none(ev.success_rate),

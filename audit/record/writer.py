@@ -123,6 +123,9 @@ class RunRecorder:
         self.finished = False
         #: this run against a baseline run (audit.record.baseline), when one is given
         self.baseline: dict[str, Any] | None = None
+        #: the user's own tests that used the audit's fixtures, with their outcomes and any
+        #: falsifying example Hypothesis reported, by node id
+        self.user_tests: dict[str, dict[str, Any]] = {}
 
     def add_suite(self, suite: Mapping[str, Any]) -> None:
         if all(s["path"] != suite["path"] for s in self.suites):
@@ -173,6 +176,18 @@ class RunRecorder:
             raise ValueError(f"unknown verdict {verdict!r}")
         entry.update(fields)
         return entry
+
+    def record_user_test(self, entry: Mapping[str, Any]) -> None:
+        """A user's test's outcome; a later phase of the same test (call after setup)
+        replaces what an earlier one said, a failure in teardown is kept."""
+        previous = self.user_tests.get(entry["nodeid"])
+        if (
+            previous is not None
+            and previous["outcome"] != "passed"
+            and entry["outcome"] == "passed"
+        ):
+            return
+        self.user_tests[entry["nodeid"]] = dict(entry)
 
     def record_error(self, where: str, message: str) -> None:
         """An error outside any claim (a malformed suite, a model that does not load)."""
@@ -227,6 +242,7 @@ class RunRecorder:
             "diagnostic_checks": self.diagnostic_checks,
             "diagnostic_coverage": self.diagnostic_coverage,
             **({"baseline": self.baseline} if self.baseline is not None else {}),
+            **({"user_tests": list(self.user_tests.values())} if self.user_tests else {}),
         }
 
     def write(self, report_dir: Path, *, complete: bool) -> Path:

@@ -28,6 +28,7 @@ from audit.report.attack_curves import (
     panels,
     styles,
 )
+from audit.report.breakdowns import small_object_recall
 from audit.report.charts import MARKERS, PALETTE, marker_path
 from audit.report.embed import THUMBNAIL_SIDE
 from audit.report.format import (
@@ -195,6 +196,7 @@ def _row(evaluation: Evaluation, style: Style, examples_anchor: str | None) -> d
         "ratio": fmt_num(evaluation.ratio),
         "pixel_accuracy": fmt_num(metrics.get("pixel_accuracy")),
         "success_rate": fmt_pct(entry.get("success_rate")),
+        "small_recall": small_object_recall(entry),
         "noise_miou": fmt_num(noise.get("miou")),
         "passes": _passes(entry),
         "gradients": _gradient_notes(entry),
@@ -356,6 +358,8 @@ def build_attacks(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "panels": panels(ordered, series_styles, results),
         "per_class": per_class_under_attack(results, ordered),
         "rows": rows,
+        # the column only where some evaluation recorded it (older records did not)
+        "small_objects": any(row["small_recall"] != NA for row in rows),
         "noise": any(e.is_noise for e in evaluations),
         "diagnostics": _diagnostics(results),
         "examples": _examples(ordered, anchors),

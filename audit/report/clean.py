@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from audit.report.accessors import mapping, recorded
+from audit.report.breakdowns import condition_rows, object_size_rows
 from audit.report.charts import UNIT_TICKS, css_rgb, heat, palette_rgb
 from audit.report.format import (
     MISSING,
@@ -153,6 +154,8 @@ def build_clean(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "metrics": _headline_metrics(clean),
         "per_class": per_class,
         "chart": _iou_chart(per_class, mapping(clean.get("metrics")).get("miou")),
+        "by_condition": condition_rows(clean),
+        "by_object_size": object_size_rows(clean.get("by_object_size")),
         "examples": examples[:CLEAN_GALLERY],
         "linked": examples[CLEAN_GALLERY:],
     }

@@ -17,6 +17,9 @@ KIND_TITLES = {
     "certified": "Certified robustness",
     "lipschitz": "Lipschitz constant",
     "certificate_soundness": "Certificates checked against attacks",
+    "corruption": "Accuracy under common corruptions",
+    "corruption_search": "Worst case over a corruption family (search)",
+    "invariance": "Predictions invariant inside a norm ball (search)",
 }
 
 

@@ -48,6 +48,7 @@ EVIDENCE_SECTION = {
     "certified": ("certificates", "Certificates"),
     "lipschitz": ("certificates", "Certificates"),
     "certificate_soundness": ("certificates", "Certificates"),
+    "corruption": ("corruptions", "Corruptions"),
 }
 STATISTIC_LABELS = {
     "estimate": "estimate",

@@ -28,6 +28,7 @@ from audit.report.attacks import build_attacks
 from audit.report.certificates import build_certificates
 from audit.report.clean import build_clean, build_confusion
 from audit.report.confidence import build_confidence
+from audit.report.corruptions import build_corruptions
 from audit.report.incidents import build_incidents
 from audit.report.kinds import build_kinds
 from audit.report.provenance import build_provenance
@@ -36,6 +37,7 @@ from audit.report.risk import build_risk
 from audit.report.scope import build_scope
 from audit.report.signoff import build_conclusion, build_manifest, build_reproduction
 from audit.report.summary import build_summary
+from audit.report.user_tests import build_user_tests
 
 SectionBuilder = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
 
@@ -67,6 +69,8 @@ for _section in (
     Section("confusion", "Confusion matrix", "_confusion.html.j2", build_confusion),
     Section("attacks", "Attacks", "_attacks.html.j2", build_attacks),
     Section("certificates", "Certificates", "_certificates.html.j2", build_certificates),
+    Section("corruptions", "Corruptions", "_corruptions.html.j2", build_corruptions),
+    Section("user-tests", "Your own tests", "_user_tests.html.j2", build_user_tests),
     Section("incidents", "Incidents and deviations", "_incidents.html.j2", build_incidents),
     Section(
         "residual-risk", "Residual risk and limits of the threat model", "_risk.html.j2", build_risk
