@@ -248,6 +248,13 @@ norm = "linf"
 eps = "4/255"
 metric = "iou_ratio"
 min = 0.0
+[[claims]]
+id = "noise"
+kind = "corruption"
+corruption = "gaussian_noise"
+severity = 3
+metric = "miou"
+min = 0.0
 """
 
 
@@ -284,8 +291,31 @@ def test_demo_audit_records_and_reports_the_breakdown(tmp_path: Path) -> None:
     assert sum(b["pixels_correct"] for b in under.values()) <= sum(
         b["pixels_correct"] for b in sizes.values()
     )
+    (corrupted,) = record["evaluations"]["corruptions"]
+    noisy = corrupted["by_object_size"]
+    assert [noisy[b]["objects"] for b in BUCKETS] == [sizes[b]["objects"] for b in BUCKETS]
     html = (tmp_path / "report" / "index.html").read_text()
     assert "By object size" in html and "Small-object<br>recall" in html
+
+
+def test_the_engine_finds_a_batchs_objects_once_within_its_budget(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path
+) -> None:
+    import audit.engine as engine_module
+    from audit.data import open_dataset
+    from audit.engine import Engine
+    from audit.model import load_model
+
+    engine = Engine(load_model(tiny_model), open_dataset("synthetic?n=4&size=32x64"),
+                    device="cpu", batch_size=2)  # fmt: skip
+    first, second = list(engine.batches())
+    assert engine.objects(first) is engine.objects(first)
+    one_batch = 2 * 32 * 64 * 8  # two int64 label maps
+    monkeypatch.setattr(engine_module, "OBJECTS_CACHE_BYTES", one_batch)
+    held = engine.objects(first)
+    engine.objects(second)  # over the budget: the oldest batch is dropped
+    again = engine.objects(first)
+    assert again is not held and torch.equal(again.labels, held.labels)
 
 
 def test_report_tables_tolerate_older_and_partial_records() -> None:

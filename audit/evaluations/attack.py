@@ -26,7 +26,7 @@ from audit.engine import cache_key
 from audit.errors import ClaimTimeout, EvaluationError, ThreatOutOfRange
 from audit.evaluations.guard import ModelGuard
 from audit.evaluations.per_image import PerImage
-from audit.objects import Objects, find_objects, object_counts
+from audit.objects import Objects, object_counts
 from audit.threat import ThreatModel
 
 if TYPE_CHECKING:
@@ -355,7 +355,7 @@ def run_attack(
             clean_pred = clean_logits.argmax(1)
             del clean_logits
             # The ground-truth objects are the same for every threat model: found once.
-            objects = find_objects(batch.masks, engine.ignore_index, engine.size_buckets)
+            objects = engine.objects(batch)
         if len(threats) > 1 and attack.shares_grid:
             advs = attack.grid(batch.images, batch.masks, threats, ctx)
         else:

@@ -71,9 +71,7 @@ def _compute_clean(engine: Engine) -> CleanEvaluation:
             ).cpu()
             per_image.append(cms)
             object_sizes.append(
-                objects.size_bucket_counts(
-                    pred, batch.masks, engine.ignore_index, engine.size_buckets
-                ).cpu()
+                objects.object_counts(engine.objects(batch), pred, batch.masks).cpu()
             )
             names.extend(batch.names)
             sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))

@@ -27,6 +27,7 @@ from audit.engine import seed_for
 from audit.errors import EvaluationError
 from audit.evaluations.per_image import PerImage
 from audit.evaluations.search import Probe, database_key, run_search
+from audit.objects import object_counts
 from audit.strategies import CorruptionParams, corruption_params, example_database
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ class CorruptionEvaluation(PerImage):
     resolutions: tuple[tuple[int, int], ...]
     forward_passes: int
     seconds: float
+    #: N x 3 x 4 per-image counts per object-size bucket under the corruption
+    #: (:func:`audit.objects.object_counts`): small objects break first
+    object_sizes: torch.Tensor | None = None
 
     @property
     def id(self) -> str:
@@ -78,6 +82,7 @@ def evaluate_corruption(engine: Engine, name: str, severity: float) -> Corruptio
 def _compute(engine: Engine, name: str, severity: float) -> CorruptionEvaluation:
     start, passes = time.perf_counter(), engine.forward_passes
     cms: list[torch.Tensor] = []
+    counts: list[torch.Tensor] = []
     names: list[str] = []
     sizes: list[tuple[int, int]] = []
     with torch.inference_mode():
@@ -90,6 +95,7 @@ def _compute(engine: Engine, name: str, severity: float) -> CorruptionEvaluation
                     pred, batch.masks, engine.num_classes, engine.ignore_index
                 ).cpu()
             )
+            counts.append(object_counts(engine.objects(batch), pred, batch.masks).cpu())
             names.extend(batch.names)
             sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
     if not cms:
@@ -103,6 +109,7 @@ def _compute(engine: Engine, name: str, severity: float) -> CorruptionEvaluation
         resolutions=tuple(sizes),
         forward_passes=engine.forward_passes - passes,
         seconds=time.perf_counter() - start,
+        object_sizes=torch.cat(counts),
     )
 
 

@@ -15,6 +15,7 @@ from audit.engine import Engine
 from audit.errors import SegAuditError
 from audit.evaluations.clean import evaluate_clean
 from audit.metrics import finite_or_none
+from audit.record.breakdowns import by_object_size
 from audit.record.writer import RunRecorder
 
 HEADLINE = ("miou", "pixel_accuracy", "mean_class_accuracy")
@@ -47,6 +48,7 @@ def summarise_corruptions(recorder: RunRecorder, engine: Engine, *, compute: boo
                 "iou_ratio": finite_or_none(ratio),
                 "forward_passes": ev.forward_passes,
                 "seconds": round(ev.seconds, 4),
+                "by_object_size": by_object_size(ev.object_sizes, engine.size_buckets),
             }
         )
     recorder.evaluations["corruptions"] = entries
