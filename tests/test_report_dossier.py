@@ -465,3 +465,21 @@ def test_the_documented_suite_example_parses(tmp_path: Path) -> None:
     suite = parse_suite(tomllib.loads(example), path=tmp_path / "release-gate.toml")
     assert suite.scope["non_claims"][0] == "night driving"
     assert suite.claims[0].rationale.startswith("Hazard analysis HA-12")
+
+
+def test_residual_risk_lists_the_corruptions_tested() -> None:
+    results = {
+        "schema_version": 1,
+        "claims": [{"kind": "corruption", "nodeid": "c::fog[s3]", "verdict": "passed"}],
+        "evaluations": {
+            "corruptions": [
+                {"corruption": "fog", "severity": 3.0},
+                {"corruption": "snow", "severity": 5.0},
+            ]
+        },
+    }
+    risk = build_risk(results)
+    assert any("natural corruptions (fog, snow), severities up to 5" in t for t in risk["tested"])
+    assert not any("natural corruptions" in t for t in risk["untested"])
+    assert risk["untested"][0].startswith("No adversarial attack was run")
+    assert not any("white-box" in t for t in risk["untested"])

@@ -59,6 +59,18 @@ def _tested(results: Mapping[str, Any]) -> tuple[list[str], set[str], set[str]]:
                 f"{fmt_any(entry.get('certifier'))} certificates: L2 radii up to "
                 f"{fmt_number(max(radii))}"
             )
+    severities: dict[str, list[float]] = defaultdict(list)
+    for entry in as_list(recorded(results, "corruptions")):
+        entry = mapping(entry)
+        value = finite(entry.get("severity"))
+        if value is not None:
+            severities[fmt_any(entry.get("corruption"))].append(value)
+    if severities:
+        top = max(max(v) for v in severities.values())
+        lines.append(
+            f"natural corruptions ({', '.join(severities)}), severities up to {top:g} of "
+            "imagecorruptions' 1-5 scale, each image corrupted with its own seed"
+        )
     norms = {norm for (_, norm) in ranges}
     return lines, norms, families
 
@@ -76,12 +88,13 @@ def _untested(results: Mapping[str, Any], norms: set[str], families: set[str]) -
             "Only single-step attacks were run; iterative attacks are much stronger and can "
             "lower every number above."
         )
-    out.append(
-        "Only white-box gradient attacks within a norm ball were tried: no black-box, "
-        "transfer, patch or physical attacks, no perturbations outside the ball "
-        "(rotations, colour shifts), and no attack adapted to a defence."
-    )
-    if "corruption" not in kinds:
+    if norms:
+        out.append(
+            "Only white-box gradient attacks within a norm ball were tried: no black-box, "
+            "transfer, patch or physical attacks, no perturbations outside the ball "
+            "(rotations, colour shifts), and no attack adapted to a defence."
+        )
+    if not kinds & {"corruption", "corruption_search"}:
         out.append(
             "No natural corruptions (noise, blur, weather, digital) were tested: "
             "robustness to them is not claimed."
