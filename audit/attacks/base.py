@@ -35,6 +35,9 @@ class AttackContext:
     #: called after each step of an iterative attack with (steps done, steps): the engine
     #: records the progress and stops a claim whose time budget is spent
     on_step: Callable[[int, int], None] = lambda done, total: None
+    #: called by an ensemble with the member that won each image of the batch, in batch
+    #: order, so the evaluation can record which member found each worst case
+    on_winners: Callable[[list[str]], None] = lambda members: None
 
 
 class Attack(ABC):
@@ -125,13 +128,21 @@ def input_gradient(
     ``torch.autograd.grad`` with ``inputs=x`` leaves every parameter's ``.grad`` untouched,
     so an attack never changes the user's model, even one whose parameters require grad.
     """
+    grad, logits, _ = loss_gradient(x, labels, ctx, loss)
+    return grad, logits
+
+
+def loss_gradient(
+    x: torch.Tensor, labels: torch.Tensor, ctx: AttackContext, loss: LossFn
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`input_gradient` plus the per-image loss values (for attacks that track them)."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = ctx.model(x)
-        value = loss(logits, labels).sum()
-        (grad,) = torch.autograd.grad(value, x)
+        values = loss(logits, labels)
+        (grad,) = torch.autograd.grad(values.sum(), x)
     ctx.on_gradient(grad)
-    return grad.detach(), logits.detach()
+    return grad.detach(), logits.detach(), values.detach()
 
 
 def project(adv: torch.Tensor, images: torch.Tensor, threat: ThreatModel) -> torch.Tensor:

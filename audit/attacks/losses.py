@@ -55,3 +55,65 @@ def cospgd_loss(
     onehot = F.one_hot(safe, num_classes).permute(0, 3, 1, 2).to(probs.dtype)
     cos = F.cosine_similarity(probs, onehot, dim=1)
     return per_image_mean(pixel_ce(logits, labels, ignore_index) * cos, mask)
+
+
+# -- the losses of SEA (Croce et al., "Towards reliable evaluation and fast training of robust
+# semantic segmentation models"); each is a per-image mean over labelled pixels (N values).
+
+
+def _onehot(labels: torch.Tensor, mask: torch.Tensor, num_classes: int) -> torch.Tensor:
+    safe = torch.where(mask, labels, torch.zeros_like(labels))
+    return F.one_hot(safe, num_classes).permute(0, 3, 1, 2)
+
+
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # Detached by construction (argmax): the mask selects pixels, it is not optimised.
+    return (logits.argmax(1) == labels).to(logits.dtype)
+
+
+def masked_ce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None
+) -> torch.Tensor:
+    """Cross-entropy of the pixels still classified correctly: pixels already flipped stop
+    pulling the gradient, so the budget goes to those left."""
+    ce = pixel_ce(logits, labels, ignore_index) * _correct(logits, labels)
+    return per_image_mean(ce, labelled(labels, ignore_index))
+
+
+def masked_spherical_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None
+) -> torch.Tensor:
+    """Margin (best other logit minus the true one) of the logits scaled to unit L2 norm per
+    pixel (the norm detached), on correctly classified pixels only: bounded per pixel, so no
+    single confident pixel dominates."""
+    mask = labelled(labels, ignore_index)
+    z = logits / logits.detach().norm(dim=1, keepdim=True).clamp(min=1e-12)
+    onehot = _onehot(labels, mask, logits.shape[1]).to(z.dtype)
+    true = (z * onehot).sum(1)
+    other = (z - 1e4 * onehot).amax(1)
+    return per_image_mean((other - true) * _correct(logits, labels), mask)
+
+
+def js_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
+    """Jensen-Shannon divergence between each pixel's softmax and its one-hot label: bounded
+    by log 2, so it saturates on pixels already flipped instead of growing without end."""
+    mask = labelled(labels, ignore_index)
+    p = logits.softmax(1)
+    q = _onehot(labels, mask, logits.shape[1]).to(p.dtype)
+    m = ((p + q) / 2).clamp(min=1e-12)
+    # x log(x/m) with 0 log 0 = 0; q is 0 or 1, so its term is -log m at the label only
+    kl_p = (p * (p.clamp(min=1e-12).log() - m.log())).sum(1)
+    kl_q = -(q * m.log()).sum(1)
+    return per_image_mean((kl_p + kl_q) / 2, mask)
+
+
+def balanced_ce_loss(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None
+) -> torch.Tensor:
+    """Cross-entropy with each pixel weighted by 1 - (share of the image's pixels in its
+    class): small classes weigh more, as mIoU weighs every class alike."""
+    mask = labelled(labels, ignore_index)
+    onehot = _onehot(labels, mask, logits.shape[1]).to(logits.dtype) * mask.unsqueeze(1)
+    share = onehot.flatten(2).sum(2) / labels[0].numel()  # N x K
+    weight = 1 - (onehot * share[:, :, None, None]).sum(1)
+    return per_image_mean(pixel_ce(logits, labels, ignore_index) * weight, mask)
