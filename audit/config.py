@@ -27,6 +27,9 @@ DEFAULT_HYPOTHESIS_DB = Path(".segaudit/hypothesis")
 #: values of the ``palette`` setting: the dataset's class colours, or a colour-blind safe set
 #: (audit.record.images.COLORBLIND_PALETTE)
 PALETTES = ("dataset", "colorblind")
+#: values of the ``progress`` setting (audit.progress): ``auto`` is a live bar on a terminal,
+#: plain lines elsewhere (a CI log), nothing under ``-qq``
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
 #: object size buckets (audit.objects): an object is small below the first fraction of the
 #: image's area, large at or above the second.  0.1% is about 46 x 46 pixels of a Cityscapes
 #: frame (1024 x 2048), where distant pedestrians, poles and signs lie; 1% (145 x 145) holds
@@ -73,6 +76,10 @@ class Settings:
     ctrf: Path | None = None
     #: Hypothesis' example database folder of the searching claims; None: no database
     hypothesis_db: Path | None = DEFAULT_HYPOTHESIS_DB
+    #: how long evaluations show their progress: one of :data:`PROGRESS_MODES`
+    progress: str = "auto"
+    #: folder of evaluations kept across runs (audit.store); None: nothing kept
+    cache_dir: Path | None = None
     #: claim selector -> replacement threshold ({"min": x} and/or {"max": y}); a selector is
     #: an item's node id, ``suite::id`` of a sweep's claim, or a bare claim id
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -117,6 +124,8 @@ FILE_KEYS: dict[str, str] = {
     "fail_on_regression": "fail_on_regression",
     "ctrf": "ctrf",
     "hypothesis_db": "hypothesis_db",
+    "progress": "progress",
+    "cache": "cache_dir",
 }
 
 
@@ -158,6 +167,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         if not isinstance(value, str | Path) or not str(value):
             raise _type_error(source, key, "a directory path, or 'none'", value)
         return None if str(value).lower() == "none" else Path(value)
+    if key == "cache":
+        if not isinstance(value, str | Path) or not str(value):
+            raise _type_error(source, key, "a directory path, or 'none'", value)
+        return None if str(value).lower() == "none" else Path(value)
     if key == "device":
         if not isinstance(value, str) or not _DEVICE_RE.match(value):
             raise ConfigError(
@@ -171,6 +184,11 @@ def _coerce(key: str, value: Any, source: str) -> Any:
             raise ConfigError(
                 f"expected {' or '.join(PALETTES)}, got {value!r}", source=source, key=key
             )
+        return value
+    if key == "progress":
+        if value not in PROGRESS_MODES:
+            expected = ", ".join(PROGRESS_MODES)
+            raise ConfigError(f"expected {expected}, got {value!r}", source=source, key=key)
         return value
     if key in ("seed", "batch_size", "bootstrap_resamples", "examples", "limit"):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -391,6 +409,9 @@ def resolve_settings(
         # the default lives under the project root, wherever pytest was started
         base = rootdir if "hypothesis_db" not in sources else settings.base_for("hypothesis_db")
         hypothesis_db = (base / hypothesis_db).resolve()
+    cache_dir = settings.cache_dir
+    if cache_dir is not None and not cache_dir.is_absolute():
+        cache_dir = (settings.base_for("cache_dir") / cache_dir).resolve()
     return replace(
         settings,
         report_dir=report_dir.resolve(),
@@ -398,4 +419,5 @@ def resolve_settings(
         baseline=baseline,
         ctrf=ctrf,
         hypothesis_db=hypothesis_db,
+        cache_dir=cache_dir,
     )

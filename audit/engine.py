@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from audit.errors import ClaimTimeout, ConfigError, ThreatOutOfRange
 from audit.model import check_finite as check_finite_logits
 from audit.model import check_num_classes
 from audit.objects import Objects, check_size_buckets, find_objects
+from audit.store import EvaluationStore
 from audit.threat import ThreatModel, radius_beyond_image
 
 if TYPE_CHECKING:
@@ -72,12 +74,39 @@ class LoggedEvaluation:
     key: str
     result: Any
     claims: list[str] = field(default_factory=list)
+    #: taken from the store of an earlier run (``--audit-cache``), not computed in this one
+    reused: bool = False
 
 
 def seed_for(base_seed: int, *parts: Any) -> int:
     """A seed that depends only on the run's seed and what is computed, not on claim order."""
     digest = hashlib.sha256(repr((base_seed, *parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+#: words of an evaluation's label in progress lines
+LABEL_WORDS = 5
+
+
+def evaluation_label(parts: Mapping[str, Any]) -> str:
+    """An evaluation in a few words, for progress: ``attack pgd linf eps=4/255``,
+    ``corruption fog severity=3``; nested parameters (an attack's own) are left out."""
+    params = parts.get("params") or {}
+    words = [str(parts.get("evaluation", "evaluation"))]
+    for name, value in params.items():
+        if isinstance(value, Mapping | list | tuple) or value is None:
+            continue
+        if name in ("attack", "corruption", "norm", "certifier"):
+            words.append(str(value))
+        elif isinstance(value, float):
+            # Linf epsilons are written in steps of 1/255 (pixel levels): say them so
+            levels = round(value * 255, 2)
+            linf = params.get("norm") == "linf" and levels and math.isclose(value * 255, levels)
+            words.append(f"{name}={levels:g}/255" if linf else f"{name}={value:g}")
+        else:
+            words.append(f"{name}={value}")
+    # the first few say which one it is; the rest would wrap the line
+    return " ".join(words[:LABEL_WORDS])
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -133,9 +162,20 @@ class Engine:
         #: cache keys of evaluations a budget stopped: never cached, computed afresh on demand
         self.timed_out: set[str] = set()
         self._first_shape: tuple[int, ...] | None = None
-        #: called with {"samples_done", "samples_total"} before each batch, so the session
-        #: can rewrite its partial record while a long evaluation runs
+        #: called with {"evaluation", "samples_done", "samples_total"} before each batch and
+        #: at the end, and with "steps_done" and "steps_total" too after each attack step, so
+        #: the session can show progress and rewrite its partial record while it runs
         self.on_progress: Callable[[Mapping[str, Any]], None] | None = None
+        #: labels of the evaluations being computed, innermost last (for progress)
+        self._computing: list[str] = []
+        self._progress: dict[str, Any] = {}
+        #: results kept across runs (``--audit-cache``); set by whoever builds the engine
+        self.disk_cache: EvaluationStore | None = None
+        self._store_missed: set[str] = set()
+        #: key parts of the evaluations taken from the store this run, by cache key
+        self.reused: dict[str, Mapping[str, Any]] = {}
+        #: key parts of the evaluations computed this run, by cache key, in order
+        self.computed: dict[str, Mapping[str, Any]] = {}
         self.module = model.module.to(self.device)
 
     # -- identity -----------------------------------------------------------------------
@@ -172,8 +212,27 @@ class Engine:
         return generator
 
     def is_cached(self, parts: Mapping[str, Any]) -> bool:
-        """Whether ``parts`` has been computed (successfully or not) already."""
-        return cache_key(parts) in self._cache
+        """Whether ``parts`` has been computed (successfully or not) already, here or in the
+        store of an earlier run (then it is loaded)."""
+        key = cache_key(parts)
+        return key in self._cache or self._from_store(key, parts)
+
+    def _from_store(self, key: str, parts: Mapping[str, Any]) -> bool:
+        # a key is looked up once: a bad entry warns once, and a miss costs no second read
+        if self.disk_cache is None or key in self._store_missed:
+            return False
+        found, value = self.disk_cache.load(parts)
+        if found:
+            self._cache[key] = value
+            self.reused[key] = parts
+        else:
+            self._store_missed.add(key)
+        return found
+
+    def _to_store(self, key: str, parts: Mapping[str, Any], value: Any) -> None:
+        self.computed[key] = parts
+        if self.disk_cache is not None:
+            self.disk_cache.save(parts, value)
 
     def cached(self, parts: Mapping[str, Any], compute: Callable[[], T], *, log: bool = False) -> T:
         """Compute once per key; a failure is cached too, so every claim reports it at once.
@@ -184,7 +243,7 @@ class Engine:
         on a cache hit as on a miss.
         """
         key = cache_key(parts)
-        if key in self._cache:
+        if key in self._cache or self._from_store(key, parts):
             hit = self._cache[key]
             if isinstance(hit, BaseException):
                 raise hit
@@ -195,6 +254,7 @@ class Engine:
         if budget is not None:
             budget.enter(str(parts.get("evaluation")), parts.get("params", {}))
         done = False
+        self._computing.append(evaluation_label(parts))
         try:
             value = compute()
             done = True
@@ -205,10 +265,12 @@ class Engine:
             self._cache[key] = exc
             raise
         finally:
+            self._computing.pop()
             if budget is not None:
                 budget.leave(done=done)
         self._cache[key] = value
         self.timed_out.discard(key)
+        self._to_store(key, parts, value)
         if log:
             self._log(key, parts, value)
         return value
@@ -217,11 +279,16 @@ class Engine:
         """Cache (and log) a result computed alongside another (a sweep's shared pass)."""
         key = cache_key(parts)
         self._cache[key] = value
+        if not isinstance(value, BaseException):
+            self._to_store(key, parts, value)
         if log:
             self._log(key, parts, value)
 
     def _log(self, key: str, parts: Mapping[str, Any], value: Any) -> None:
-        entry = self.log.setdefault(key, LoggedEvaluation(str(parts["evaluation"]), key, value))
+        entry = self.log.setdefault(
+            key,
+            LoggedEvaluation(str(parts["evaluation"]), key, value, reused=key in self.reused),
+        )
         if self.claim is not None and self.claim not in entry.claims:
             entry.claims.append(self.claim)
 
@@ -259,6 +326,9 @@ class Engine:
 
     def attack_step(self, done: int, total: int) -> None:
         """Called by iterative attacks after each step: progress, then the deadline."""
+        if self.on_progress is not None and self._progress:
+            self._progress.update(steps_done=done, steps_total=total)
+            self.on_progress(dict(self._progress))
         if self.budget is not None:
             self.budget.at_step(done, total)
             self.budget.check()
@@ -306,8 +376,8 @@ class Engine:
         """Batches of consecutive samples of equal size (a size change starts a new batch)."""
         pending: list[tuple[int, Any]] = []
         for index in range(self.num_samples):
-            if not pending and self.on_progress is not None:
-                self.on_progress({"samples_done": index, "samples_total": self.num_samples})
+            if not pending:
+                self._report_progress(index)
             sample = self.dataset[index]
             if pending and pending[0][1].image.shape != sample.image.shape:
                 yield self._budgeted(pending)
@@ -318,6 +388,21 @@ class Engine:
                 pending = []
         if pending:
             yield self._budgeted(pending)
+        self._report_progress(self.num_samples)
+
+    def _report_progress(self, done: int) -> None:
+        if self.on_progress is None:
+            return
+        # Outside :meth:`cached` (an attack sweep's shared pass), the claim names the work.
+        fallback = self.claim or "evaluation"
+        self._progress = {
+            "evaluation": self._computing[-1] if self._computing else fallback,
+            "samples_done": done,
+            "samples_total": self.num_samples,
+        }
+        self.on_progress(dict(self._progress))
+        if done >= self.num_samples:
+            self._progress = {}
 
     def _budgeted(self, items: list[tuple[int, Any]]) -> Batch:
         """The batch, once the budget allows starting it (the images before it are done)."""

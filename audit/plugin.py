@@ -29,6 +29,7 @@ from audit.record.writer import (
     ensure_writable_dir,
     ensure_writable_file,
 )
+from audit.workers import WorkerRecords
 
 if TYPE_CHECKING:
     from audit.claims import ClaimSpec
@@ -197,6 +198,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         ".segaudit/hypothesis under the project root; 'none' turns it off)",
     )
     group.addoption(
+        "--audit-progress",
+        dest="segaudit_progress",
+        choices=("auto", "bar", "lines", "off"),
+        help="progress of long evaluations: bar (on a terminal), lines (every 10%% or 30 s, "
+        "for CI logs), off; auto (default): bar on a terminal, else lines, off under -qq",
+    )
+    group.addoption(
+        "--audit-cache",
+        dest="segaudit_cache",
+        metavar="DIR",
+        help="keep evaluations in DIR across runs, so a re-run computes only what changed "
+        "(off by default; 'none' turns a configured cache off)",
+    )
+    group.addoption(
         "--audit-only",
         dest=OPT_ONLY,
         action="store_true",
@@ -231,6 +246,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The audit's machinery (torch, the claim kinds, third-party entry points) loads only
     # when an audit runs: installing the plugin must not slow down every other test run.
     from audit.claims import known_kinds
+    from audit.progress import pytest_progress
     from audit.session import AuditSession, preflight
 
     for kind in known_kinds():
@@ -259,6 +275,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "fail_on_regression": opt("segaudit_fail_on_regression"),
             "ctrf": opt("segaudit_ctrf"),
             "hypothesis_db": opt("segaudit_hypothesis_db"),
+            "progress": opt("segaudit_progress"),
+            "cache_dir": opt("segaudit_cache"),
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
         if not config.option.collectonly:
@@ -268,6 +286,8 @@ def pytest_configure(config: pytest.Config) -> None:
             ensure_writable_dir(settings.report_dir, what="--audit-report")
             if settings.ctrf is not None:
                 ensure_writable_file(settings.ctrf, what="--audit-ctrf")
+            if settings.cache_dir is not None:
+                ensure_writable_dir(settings.cache_dir, what="--audit-cache")
         baseline = load_baseline(settings.baseline) if settings.baseline is not None else None
     except SegAuditError as exc:
         raise pytest.UsageError(f"SegAudit: {exc}") from None
@@ -278,6 +298,7 @@ def pytest_configure(config: pytest.Config) -> None:
         # --collect-only lists the claims and writes nothing
         writes_record=not is_worker and not config.option.collectonly,
         baseline=baseline,
+        progress=pytest_progress(config, settings.progress, worker=is_worker),
     )
     config.stash[_session_key] = audit
     config.pluginmanager.register(AuditRun(config, audit), "segaudit-run")
@@ -307,6 +328,9 @@ class AuditRun:
         self.interrupted_by: str | None = None
         #: claims -k, -m, --lf or --deselect left out
         self.deselected = 0
+        #: pytest-xdist: workers hand their evaluations to the controller's record
+        self.workers = WorkerRecords(config, audit)
+        config.pluginmanager.register(self.workers, "segaudit-workers")
         # The controller owns the record, so it alone takes over SIGTERM and SIGINT.
         if not self.is_worker:
             audit.interrupts.install()
@@ -388,8 +412,12 @@ class AuditRun:
         self.deselected += sum(isinstance(item, ClaimItem) for item in items)
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.is_worker or not self.audit.writes_record:
-            return  # xdist workers report through their test reports; --co writes nothing
+        if self.is_worker:
+            self.workers.hand_over()  # its claims went through their test reports
+            return
+        if not self.audit.writes_record:
+            return  # --co writes nothing
+        self.workers.finish()
         interrupted = exitstatus in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
         ran_all = all(c["verdict"] != "not_run" for c in self.audit.recorder.claims.values())
         stopped_by = self.interrupted_by

@@ -8,6 +8,7 @@ first claim that needs them; a failure to load is remembered and reported by eve
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import sys
 import time
@@ -28,6 +29,7 @@ from audit.errors import ClaimTimeout, ConfigError, ModelError, SegAuditError
 from audit.interrupts import InterruptSignals, Terminated, describe_interruption, signal_name
 from audit.metrics import finite_or_none
 from audit.model import ModelMetadata, load_model
+from audit.progress import ProgressDisplay
 from audit.record.baseline import (
     REGRESSED,
     Baseline,
@@ -41,9 +43,11 @@ from audit.record.ctrf import write_ctrf
 from audit.record.entries import summarise
 from audit.record.evidence import save_evidence
 from audit.record.manifest import copy_suites, suite_copy_name, write_manifest
+from audit.record.merge import WORKER_PROVENANCE
 from audit.record.writer import RunRecorder, now_iso
 from audit.report import render_report
 from audit.resources import demo_model_file
+from audit.store import EvaluationStore
 from audit.suite import Suite, load_suite, override_thresholds
 
 #: how often a long evaluation rewrites the partial record (seconds)
@@ -83,8 +87,11 @@ class AuditSession:
         command_line: Sequence[str] = (),
         writes_record: bool = True,
         baseline: Baseline | None = None,
+        progress: ProgressDisplay | None = None,
     ) -> None:
         self.settings = settings
+        #: where long evaluations show how far they got (standard error by default)
+        self.progress = progress or ProgressDisplay(settings.progress)
         #: False in processes whose results another process records (pytest-xdist workers)
         self.writes_record = writes_record
         self.suites: list[Suite] = []
@@ -122,7 +129,9 @@ class AuditSession:
             self.recorder.write(self.settings.report_dir, complete=False)
 
     def _on_progress(self, progress: Mapping[str, Any]) -> None:
-        """Engine callback during long evaluations; writes at most every few seconds."""
+        """Engine callback during long evaluations: shows it, and rewrites the partial
+        record at most every few seconds."""
+        self.progress.update(progress)
         self.recorder.progress["evaluation"] = dict(progress)
         now = time.monotonic()
         if now - self._last_progress_write >= PROGRESS_WRITE_INTERVAL_S:
@@ -211,6 +220,21 @@ class AuditSession:
             size_buckets=s.size_buckets,
         )
         engine.hypothesis_db = s.hypothesis_db
+        if s.cache_dir is not None:
+            engine.disk_cache = EvaluationStore(
+                s.cache_dir,
+                # what a result depends on that the engine's key parts leave out
+                {
+                    "versions": library_versions(),
+                    "device": str(device),
+                    "batch_size": s.batch_size,
+                    "examples": [engine.max_examples, engine.attack_examples],
+                    "factory": s.factory,
+                    "metadata": metadata.to_dict(),
+                },
+                on_problem=self._cache_problem,
+            )
+            self.recorder.cache = cache_record(engine)
         self.recorder.provenance.update(
             device=str(device),
             model={
@@ -277,6 +301,7 @@ class AuditSession:
             # formatting of the interrupt (tb_lineno is None) and turns exit 2 into exit 1.
             raise Terminated(name) from None
         except Exception as exc:
+            self.progress.close()
             if self.interrupts.received is not None:
                 # a library turned the interrupt into an ordinary error: still an interrupt
                 self._record_interrupted(spec, start, self.interrupts.received)
@@ -292,6 +317,7 @@ class AuditSession:
             )
             self.checkpoint()
             raise
+        self.progress.close()
         verdict = judge(spec, measurement)
         evidence = dict(measurement.evidence)
         if measurement.artifacts:
@@ -340,6 +366,10 @@ class AuditSession:
         self.recorder.record_claim(spec.nodeid, verdict="failed", message=verdict.summary)
         return verdict
 
+    def _cache_problem(self, message: str) -> None:
+        # A warning, not an error: the entry is recomputed and the run is as good as ever.
+        self.progress.output.line(f"SegAudit: warning: {message}")
+
     def _record_interrupted(self, spec: ClaimSpec, start: float, signal: str) -> None:
         # Stays "not_run": it was not measured; the message says why it stopped.
         elapsed = time.perf_counter() - start
@@ -350,6 +380,43 @@ class AuditSession:
         )
 
     # -- the end ------------------------------------------------------------------------
+    def worker_summary(self) -> dict[str, Any] | None:
+        """What a pytest-xdist worker hands the controller at its end: its evaluations
+        summarised as a serial run's record holds them (example images go to the shared
+        report folder), the model and data it loaded, and errors summarising them raised
+        (:mod:`audit.record.merge`); ``None`` when it never built an engine."""
+        if not self.engine_ready:
+            return None
+        summarise(
+            self.recorder,
+            self.engine,
+            self.settings.report_dir,
+            compute=not self.engine.timed_out,
+            palette=self.settings.palette,
+        )
+        # the controller loaded no suite: the worker keeps the suites as run for the manifest
+        copy_suites(
+            self.settings.report_dir, {s.name: s.text for s in self.suites if s.text is not None}
+        )
+        provenance = self.recorder.provenance
+        return {
+            "cache": cache_record(self.engine),
+            "suites": self.recorder.suites,
+            "evaluations": self.recorder.evaluations,
+            "provenance": {k: provenance[k] for k in WORKER_PROVENANCE if k in provenance},
+            "errors": self.recorder.errors,
+        }
+
+    def worker_summary_json(self) -> str:
+        """:meth:`worker_summary` as JSON text; a failure becomes an error for the record,
+        so the worker still ends cleanly."""
+        try:
+            summary = self.worker_summary() or {}
+        except Exception as exc:
+            where = "xdist worker"
+            summary = {"errors": [{"where": where, "message": f"{type(exc).__name__}: {exc}"}]}
+        return json.dumps(summary, default=str)
+
     def finish(self, *, complete: bool, interrupted_by: str | None = None) -> Path:
         """Write ``results.json`` (always) and render ``index.html`` from it.
 
@@ -365,6 +432,9 @@ class AuditSession:
             # does one whose claims ran out of time (the report would redo that work with
             # no budget at all).
             compute = complete and not self.engine.timed_out
+            # noise baselines and example images can take a while after the last claim
+            self.progress.note("summarising the evaluations for the report")
+            start = time.perf_counter()
             summarise(
                 self.recorder,
                 self.engine,
@@ -372,6 +442,9 @@ class AuditSession:
                 compute=compute,
                 palette=self.settings.palette,
             )
+            self.progress.note(f"summaries done in {time.perf_counter() - start:.1f} s")
+            if self.engine.disk_cache is not None:
+                self.recorder.cache = cache_record(self.engine)
         self.recorder.progress.pop("evaluation", None)
         if self.baseline is not None:
             self.recorder.baseline = compare_records(
@@ -396,6 +469,30 @@ class AuditSession:
             write_ctrf(self.settings.ctrf, self.recorder.to_dict(complete=complete))
         render_report(report_dir)
         return results
+
+
+def cache_record(engine: Engine) -> dict[str, Any]:
+    """The record's ``cache``: the folder, and which evaluations were reused and computed."""
+    store = engine.disk_cache
+    if store is None:
+        return {}
+
+    def rows(evaluations: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {
+                "evaluation": str(parts.get("evaluation")),
+                "key": store.key(parts),
+                "params": json.loads(json.dumps(parts.get("params", {}), default=str)),
+            }
+            for parts in evaluations.values()
+        ]
+
+    return {
+        "dir": str(store.folder),
+        "reused": rows(engine.reused),
+        "computed": rows(engine.computed),
+        "warnings": list(store.problems),
+    }
 
 
 def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dict[str, Any]:

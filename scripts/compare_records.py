@@ -31,6 +31,8 @@ VOLATILE = frozenset(
         # absolute file paths (model, suites): the same files in two checkouts
         "path",
         "source",
+        # a threshold's origin: the suite file's absolute path, or the option that set it
+        "where",
     }
 )
 

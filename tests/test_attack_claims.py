@@ -197,6 +197,8 @@ def every_registered_attack() -> list[tuple[str, str, str]]:
     rows = []
     for name, cls in ATTACKS.items():
         cheap = "steps = 2\n" if "steps" in cls.defaults else ""
+        if "iterations" in cls.defaults:  # an ensemble's budget knob (sea)
+            cheap = "params = {iterations = 2}\n"
         rows += [(name, norm, cheap) for norm in cls.norms]
     for prefix, library in LIBRARIES.items():
         for attack, norms in library.supported().items():

@@ -42,6 +42,8 @@ LAYERS: dict[str, int] = {
             "files",
             "schema",
             "environment",
+            # progress on the terminal (tqdm), for the session and the plugin
+            "progress",
         ),
         0,
     ),
@@ -51,6 +53,8 @@ LAYERS: dict[str, int] = {
     # users' own tests; above the corruptions they draw, below the engine
     "strategies": 2,
     "engine": 3,
+    # evaluations kept on disk across runs, for the engine
+    "store": 3,
     "evaluations": 4,
     "claims": 5,
     "suite": 5,
@@ -58,6 +62,8 @@ LAYERS: dict[str, int] = {
     "report": 6,
     "session": 7,
     "plugin": 8,
+    # pytest-xdist's half of the plugin: hand-over and merge of the workers' evaluations
+    "workers": 8,
     "audit": 9,
     # ``python -m audit``: command-line tools over records, at the top like the package
     "__main__": 9,
@@ -65,7 +71,7 @@ LAYERS: dict[str, int] = {
 #: the report reads results.json, never evaluations: it imports the basics and itself only
 REPORT_MAY_IMPORT = {name for name, layer in LAYERS.items() if layer == 0} | {"report"}
 #: where a function-local import of an audit module keeps an import cheap (no torch)
-LAZY_BOUNDARIES = {"audit/__init__.py", "audit/plugin.py"}
+LAZY_BOUNDARIES = {"audit/__init__.py", "audit/plugin.py", "audit/workers.py"}
 #: optional or heavy libraries a function may import when it needs them
 #: (jsonschema: only the record's validation needs it, and modules every run loads import that)
 OPTIONAL_LIBRARIES = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 
 from audit import metrics
@@ -37,7 +38,21 @@ from audit.threat import parse_epsilon, parse_norm
 if TYPE_CHECKING:
     from audit.engine import Engine
 
-METRICS = ("miou", "pixel_accuracy", "mean_class_accuracy", "iou_ratio", "attack_success_rate")
+#: per-image mIoU quantiles a claim can name: the p-th percentile of the images' own mIoU
+IMAGE_QUANTILES: dict[str, float] = {
+    "image_miou_p10": 0.10,
+    "image_miou_p25": 0.25,
+    "image_miou_p50": 0.50,
+}
+METRICS = (
+    "miou",
+    "pixel_accuracy",
+    "mean_class_accuracy",
+    "iou_ratio",
+    "attack_success_rate",
+    *IMAGE_QUANTILES,
+    "small_object_recall",
+)
 _NORM_MISSING = "missing: an epsilon means nothing without its norm; give norm = 'linf' or 'l2'"
 
 
@@ -84,7 +99,19 @@ def parse_attack_params(
                     f"{', '.join(accepted) or 'no parameters'}",
                     key=key if key in raw else "params",
                 )
+        try:
+            native(**params)  # values: an ensemble's members, APGD's loss, whole numbers
+        except ValueError as exc:
+            raise where.error(str(exc), key="params") from None
     return params
+
+
+def objective_of(metric: str) -> str:
+    """The per-image score an ensemble minimises for a claim's ``metric``: pixel accuracy
+    for the pixel-counting metrics, per-image mIoU for the IoU family."""
+    if metric in ("pixel_accuracy", "attack_success_rate"):
+        return "pixel_accuracy"
+    return "miou"
 
 
 def check_attack_params(spec: ClaimSpec) -> None:
@@ -102,7 +129,8 @@ class AttackClaim(SweepKind):
     name = "attack"
     keys: ClassVar[Mapping[str, str]] = {
         "attack": "a native attack (fgsm, fgsm-ll, ifgsm, ifgsm-ll, pgd, segpgd, cospgd, "
-        "noise) or <library>:<name> (torchattacks:PGD, foolbox:LinfPGD, advlib:alma_prox)",
+        "apgd, sea, noise) or <library>:<name> (torchattacks:PGD, foolbox:LinfPGD, "
+        "advlib:alma_prox)",
         "norm": "'linf' or 'l2' (mandatory)",
         "eps": "an epsilon ('4/255' or 0.0157) or a list of them (one item each)",
         "metric": metric_choices(METRICS, CLASS_METRIC_PREFIX),
@@ -110,7 +138,8 @@ class AttackClaim(SweepKind):
         "step_size": "step per iteration, e.g. '1/255'",
         "restarts": "random restarts; each image keeps its worst (PGD family)",
         "random_start": "start from a random point of the ball (PGD family)",
-        "params": "a table of further keyword arguments for the attack (library attacks)",
+        "params": "a table of further keyword arguments for the attack (library attacks; "
+        "sea: iterations, members, objective, radius_schedule)",
     }
 
     @classmethod
@@ -122,7 +151,9 @@ class AttackClaim(SweepKind):
             "attack": attack,
             **sweep_params(norm, epsilons),
             "metric": parse_metric(raw, where, METRICS, CLASS_METRIC_PREFIX),
-            "attack_params": parse_attack_params(raw, attack, norm, where),
+            "attack_params": _with_objective(
+                parse_attack_params(raw, attack, norm, where), attack, raw.get("metric")
+            ),
         }
 
     @classmethod
@@ -142,6 +173,18 @@ class AttackClaim(SweepKind):
             counts = torch.stack([evaluation.flipped, evaluation.clean_correct], dim=1)
             value, interval = engine.score_state(counts, metrics.ratio_of_sums)
             quantity = "attack success rate (share of correct pixels flipped)"
+        elif metric in IMAGE_QUANTILES:
+            q = IMAGE_QUANTILES[metric]
+            value, interval = image_quantile(engine, evaluation.per_image, q)
+            quantity = f"{round(q * 100)}th percentile of the per-image mIoU"
+        elif metric == "small_object_recall":
+            if evaluation.object_sizes is None:
+                raise Where(spec.source, spec.id).error(
+                    "this run counts no ground-truth objects", key="metric"
+                )
+            small = evaluation.object_sizes[:, 0, :2].flip(1)  # (detected, objects)
+            value, interval = engine.score_state(small, metrics.ratio_of_sums)
+            quantity = "recall of small ground-truth objects"
         else:
             value, interval = score_metric(spec, engine, evaluation.per_image, metric)
             quantity = describe_metric(metric)
@@ -161,3 +204,36 @@ class AttackClaim(SweepKind):
                 "success_rate": finite_or_none(evaluation.success_rate),
             },
         )
+
+
+def _with_objective(params: dict[str, Any], attack: str, metric: Any) -> dict[str, Any]:
+    """An attack that keeps a per-image worst case (APGD, SEA) keeps it by the claim's
+    metric unless the claim says otherwise."""
+    if library_of(attack) != "native" or "objective" in params:
+        return params
+    if getattr(native_attack(attack), "selects_by_metric", False) and isinstance(metric, str):
+        return {**params, "objective": objective_of(metric)}
+    return params
+
+
+def image_quantile(
+    engine: Engine, per_image: torch.Tensor, q: float
+) -> tuple[float, metrics.Interval | None]:
+    """The ``q`` quantile of the images' own mIoU (images without labelled pixels left
+    out), with a percentile bootstrap over images: a quantile is not additive, so it is
+    resampled directly rather than through summed confusion matrices."""
+    values = np.asarray(metrics.miou(per_image), dtype=np.float64).reshape(-1)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return float("nan"), None
+    value = float(np.quantile(values, q))
+    if values.size < 2 or engine.bootstrap_resamples < 1:
+        return value, None
+    rng = np.random.default_rng(engine.seed)
+    draws = rng.integers(0, values.size, size=(engine.bootstrap_resamples, values.size))
+    resampled = np.quantile(values[draws], q, axis=1)
+    alpha = (1.0 - engine.confidence) / 2.0
+    low, high = np.quantile(resampled, [alpha, 1.0 - alpha])
+    return value, metrics.Interval(
+        float(low), float(high), engine.confidence, engine.bootstrap_resamples
+    )

@@ -10,6 +10,7 @@ record.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Mapping, Sequence
@@ -92,6 +93,9 @@ class AttackEvaluation(PerImage):
     #: N x 3 x 4 int64 counts of ground-truth objects per size bucket under attack
     #: (audit.objects)
     object_sizes: torch.Tensor | None = None
+    #: an ensemble's winning member per image, as (image name, member) in dataset order;
+    #: empty for single attacks
+    winners: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def id(self) -> str:
@@ -178,6 +182,9 @@ class _Accumulator:
         self.l2: list[torch.Tensor] = []
         self.sizes: list[tuple[int, int]] = []
         self.object_sizes: list[torch.Tensor] = []
+        self.names: list[str] = []
+        #: filled through ``ctx.on_winners`` by ensembles, one member name per image
+        self.winners: list[str] = []
         self.max_examples = max_examples
         self.worst: list[tuple[float, int, dict[str, Any]]] = []
 
@@ -202,6 +209,7 @@ class _Accumulator:
         self.linf.append(delta.abs().amax(1).cpu())
         self.l2.append(delta.norm(dim=1).cpu())
         self.sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
+        self.names.extend(batch.names)
         if objects is not None:
             self.object_sizes.append(object_counts(objects, adv_pred, batch.masks).cpu())
         if self.max_examples:
@@ -235,6 +243,7 @@ class _Accumulator:
             resolutions=tuple(self.sizes),
             examples=tuple(_materialise(candidate) for _, _, candidate in self.worst),
             object_sizes=torch.cat(self.object_sizes) if self.object_sizes else None,
+            winners=tuple(zip(self.names, self.winners, strict=True)) if self.winners else (),
             **fields,
         )
 
@@ -359,7 +368,16 @@ def run_attack(
         if len(threats) > 1 and attack.shares_grid:
             advs = attack.grid(batch.images, batch.masks, threats, ctx)
         else:
-            advs = [attack(batch.images, batch.masks, threat=t, ctx=ctx) for t in threats]
+            # Each threat's accumulator hears which ensemble member won each image.
+            advs = [
+                attack(
+                    batch.images,
+                    batch.masks,
+                    threat=t,
+                    ctx=dataclasses.replace(ctx, on_winners=accumulator.winners.extend),
+                )
+                for t, accumulator in zip(threats, accumulators, strict=True)
+            ]
         if not bool(clean_finite):
             with torch.no_grad():
                 engine.forward(batch.images, batch.names)  # raises, naming the samples

@@ -209,8 +209,20 @@ def _merge(findings: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def attack_diagnostics(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Every diagnostic the attack entries of a results record raise, in check order."""
-    entries = [e for e in entries if isinstance(e, Mapping)]
+    """Every diagnostic the attack entries of a results record raise, in check order.
+
+    The entries are read in a fixed order (attack, norm, epsilon), not the order they were
+    computed in, so a record merged from several processes reads the same as a serial one.
+    """
+    entries = sorted(
+        (e for e in entries if isinstance(e, Mapping)),
+        key=lambda e: (
+            str(e.get("attack")),
+            str(e.get("norm")),
+            e["eps"] if isinstance(e.get("eps"), int | float) else 0.0,
+            str(e.get("id")),
+        ),
+    )
     return _merge(
         [
             *_iterative_weaker(entries),

@@ -216,6 +216,8 @@ def _attack_entry(
         "metrics": scores,
         "per_class": per_class_iou(ev.per_image, engine.class_names),
         "by_object_size": by_object_size(ev.object_sizes, engine.size_buckets),
+        "image_miou": image_miou_quantiles(ev.per_image),
+        **ensemble_winners(ev),
         "clean_miou": finite_or_none(clean_miou),
         "iou_ratio": finite_or_none(ratio),
         "success_rate": finite_or_none(ev.success_rate),
@@ -238,6 +240,42 @@ def _attack_entry(
             ignore_index=engine.ignore_index,
         ),
     }
+
+
+#: the quantiles of the per-image mIoU an attack entry records
+IMAGE_MIOU_QUANTILES: tuple[tuple[str, float], ...] = (
+    ("p10", 0.10),
+    ("p25", 0.25),
+    ("p50", 0.50),
+    ("p75", 0.75),
+    ("p90", 0.90),
+)
+
+
+def image_miou_quantiles(per_image: Any) -> dict[str, float | None]:
+    """Quantiles, minimum and mean of the images' own mIoU (images without labelled pixels
+    left out): where the dataset-level mIoU hides a few images that an attack wipes out."""
+    values = np.asarray(metrics.miou(per_image), dtype=np.float64).reshape(-1)
+    values = values[~np.isnan(values)]
+    if values.size == 0:
+        return {name: None for name in ("min", *dict(IMAGE_MIOU_QUANTILES), "mean")}
+    out: dict[str, float | None] = {"min": float(values.min())}
+    for name, q in IMAGE_MIOU_QUANTILES:
+        out[name] = float(np.quantile(values, q))
+    out["mean"] = float(values.mean())
+    return out
+
+
+def ensemble_winners(ev: Any) -> dict[str, Any]:
+    """For an ensemble: ``members`` (member -> images it won, every member listed) and
+    ``winners`` (image name -> member); nothing for a single attack."""
+    if not ev.winners:
+        return {}
+    names = str(ev.params.get("members", "")).split(",")
+    counts = dict.fromkeys([n for n in names if n], 0)
+    for _, member in ev.winners:
+        counts[member] = counts.get(member, 0) + 1
+    return {"members": counts, "winners": dict(ev.winners)}
 
 
 def per_class_iou(per_image: Any, class_names: Sequence[str]) -> dict[str, float | None]:

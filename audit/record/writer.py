@@ -126,6 +126,9 @@ class RunRecorder:
         #: the user's own tests that used the audit's fixtures, with their outcomes and any
         #: falsifying example Hypothesis reported, by node id
         self.user_tests: dict[str, dict[str, Any]] = {}
+        #: the evaluation cache across runs (``--audit-cache``): its folder, the evaluations
+        #: reused from it and computed, and entries that could not be used; None: no cache
+        self.cache: dict[str, Any] | None = None
 
     def add_suite(self, suite: Mapping[str, Any]) -> None:
         if all(s["path"] != suite["path"] for s in self.suites):
@@ -189,6 +192,13 @@ class RunRecorder:
             return
         self.user_tests[entry["nodeid"]] = dict(entry)
 
+    def order_claims(self, nodeids: list[str]) -> None:
+        """Put the claims in ``nodeids``' order (an xdist controller receives them in the
+        order workers finish them); claims not listed keep their order, last."""
+        position = {nodeid: index for index, nodeid in enumerate(nodeids)}
+        ordered = sorted(self.claims.items(), key=lambda item: position.get(item[0], len(position)))
+        self.claims = dict(ordered)
+
     def record_error(self, where: str, message: str) -> None:
         """An error outside any claim (a malformed suite, a model that does not load)."""
         self.errors.append({"where": where, "message": message})
@@ -243,6 +253,7 @@ class RunRecorder:
             "diagnostic_coverage": self.diagnostic_coverage,
             **({"baseline": self.baseline} if self.baseline is not None else {}),
             **({"user_tests": list(self.user_tests.values())} if self.user_tests else {}),
+            **({"cache": self.cache} if self.cache else {}),
         }
 
     def write(self, report_dir: Path, *, complete: bool) -> Path:

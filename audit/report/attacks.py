@@ -333,6 +333,33 @@ def _min_norm(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _ensembles(ordered: Sequence[Evaluation]) -> dict[str, Any] | None:
+    """Which member of an ensemble (``sea``) found each image's worst case: one row per
+    evaluation with the images each member won, and the images by member."""
+    rows, members = [], []
+    for evaluation in ordered:
+        won = evaluation.raw.get("members")
+        if not isinstance(won, Mapping) or not won:
+            continue
+        members += [str(m) for m in won if str(m) not in members]
+        by_member: dict[str, list[str]] = {}
+        for image, member in mapping(evaluation.raw.get("winners")).items():
+            by_member.setdefault(str(member), []).append(str(image))
+        rows.append(
+            {
+                "attack": evaluation.label,
+                "norm": norm_label(evaluation.norm),
+                "eps_text": evaluation.eps_text,
+                "won": {str(m): fmt_num(n) for m, n in won.items()},
+                "images": [
+                    f"{member}: {', '.join(sorted(images))}"
+                    for member, images in sorted(by_member.items())
+                ],
+            }
+        )
+    return {"members": members, "rows": rows} if rows else None
+
+
 def build_attacks(results: Mapping[str, Any]) -> dict[str, Any] | None:
     """Context of ``_attacks.html.j2``, or ``None`` when no attack was evaluated."""
     evaluations = _evaluations(results)
@@ -365,5 +392,6 @@ def build_attacks(results: Mapping[str, Any]) -> dict[str, Any] | None:
         "examples": _examples(ordered, anchors),
         "gallery": GALLERY_EXAMPLES,
         "min_norm": min_norm,
+        "ensembles": _ensembles(ordered),
         "quantile_labels": [f"q{float(q) * 100:g}" for q in _QUANTILES],
     }
