@@ -82,6 +82,7 @@ def test_attack_thresholds_are_drawn_on_the_ratio_axis_converted_from_miou() -> 
     (miou_line,) = [line for line in panel["thresholds"] if line["label"].startswith("pgd-miou")]
     assert miou_line["y"] == pytest.approx(_y_of(panel, converted), abs=0.1)
     assert "mIoU ≥ 0.55 over clean mIoU 0.768" in miou_line["title"]
+    assert miou_line["label"] == f"pgd-miou ≥ {converted:.4g}"  # not 0.716146...
     # a pixel-accuracy claim has no place on the IoU-ratio axis: counted, not drawn
     assert panel["other_metric_claims"] == 1
     assert not any("fgsm-pa" in line["title"] for line in panel["thresholds"])

@@ -109,7 +109,9 @@ def threshold_lines(
         y = to_y(line["value"])
         sign = _BOUND_SIGN[line["side"]]
         names = ", ".join(line["groups"])
-        label = f"{names} {sign} {fmt_bound(line['value'])}"
+        # a bound converted to the ratio axis (an mIoU bound over the clean mIoU) has many
+        # digits; four tell it apart on a chart, the tooltip keeps them all
+        label = f"{names} {sign} {line['value']:.4g}"
         span = line["from"] if line["from"] == line["to"] else f"{line['from']} – {line['to']}"
         notes = f" ({'; '.join(line['notes'])})" if line["notes"] else ""
         out.append(
