@@ -54,6 +54,19 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def worker_device(device: torch.device, worker: str | None) -> torch.device:
+    """The device of a pytest-xdist worker (``worker`` is its id, ``gw3``): a CUDA device
+    given without an index goes to GPU ``N mod count`` for worker ``gwN``, so ``-n`` workers
+    spread over the visible GPUs instead of all sharing the first; anything else is kept."""
+    if device.type != "cuda" or device.index is not None or not worker:
+        return device
+    digits = worker.removeprefix("gw")
+    count = torch.cuda.device_count()
+    if not digits.isdigit() or count < 2:
+        return device
+    return torch.device("cuda", int(digits) % count)
+
+
 #: memory the ground-truth objects of :meth:`Engine.objects` may hold (their label maps)
 OBJECTS_CACHE_BYTES = 512 * 2**20
 

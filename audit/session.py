@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import sys
 import time
@@ -23,7 +24,7 @@ from audit.claims.base import judge_regression
 from audit.config import Settings
 from audit.data import open_dataset
 from audit.data.spec import data_root
-from audit.engine import Engine, resolve_device
+from audit.engine import Engine, resolve_device, worker_device
 from audit.environment import environment, libraries_loaded, library_versions
 from audit.errors import ClaimTimeout, ConfigError, ModelError, SegAuditError
 from audit.interrupts import InterruptSignals, Terminated, describe_interruption, signal_name
@@ -206,7 +207,7 @@ class AuditSession:
                 f"model {model_path.name!r} declares {metadata.num_classes} classes but dataset "
                 f"{dataset.kind!r} has {dataset.num_classes} ({', '.join(dataset.class_names)})"
             )
-        device = resolve_device(s.device)
+        device = worker_device(resolve_device(s.device), os.environ.get("PYTEST_XDIST_WORKER"))
         engine = Engine(
             loaded,
             dataset,

@@ -159,3 +159,20 @@ def test_merging_keeps_each_evaluation_once_and_derives_diagnostics_again() -> N
     assert [d["check"] for d in recorder.diagnostics] == ["iterative_weaker"]
     assert recorder.diagnostic_coverage["iterative_weaker"]["status"] == "flagged"
     assert recorder.errors == [{"where": "examples", "message": "disk full"}]
+
+
+def test_workers_spread_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from audit.engine import worker_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    cuda = torch.device("cuda")
+    assert worker_device(cuda, "gw5") == torch.device("cuda", 1)
+    assert worker_device(cuda, "gw0") == torch.device("cuda", 0)
+    # an explicit index, another device, or no worker: kept as given
+    assert worker_device(torch.device("cuda", 2), "gw5") == torch.device("cuda", 2)
+    assert worker_device(torch.device("cpu"), "gw5") == torch.device("cpu")
+    assert worker_device(cuda, None) == cuda
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_device(cuda, "gw5") == cuda
