@@ -16,7 +16,7 @@ import torch
 from audit import metrics
 from audit.attacks import COMMON_PARAMS, build_attack, check_name, library_of, native_attack
 from audit.claims import register
-from audit.claims.base import ClaimSpec, Measurement, Where, score_metric
+from audit.claims.base import ClaimSpec, Measurement, Where, at_resolution, score_metric
 from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
 from audit.claims.parsing import (
     SweepKind,
@@ -189,7 +189,7 @@ class AttackClaim(SweepKind):
             value, interval = score_metric(spec, engine, evaluation.per_image, metric)
             quantity = describe_metric(metric)
         resolution = evaluation.resolution
-        at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+        at = at_resolution(resolution)
         return Measurement(
             value=value,
             quantity=quantity,

@@ -39,6 +39,11 @@ COMMON_KEYS: dict[str, str] = {
 STATISTICS = ("estimate", "ci_lower", "ci_upper")
 
 
+def at_resolution(resolution: Sequence[int] | None) -> str:
+    """`` at HxW`` for a claim's condition, or nothing when the images differ in size."""
+    return f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+
+
 @dataclass(frozen=True)
 class Where:
     """Location of a claim, for error messages."""

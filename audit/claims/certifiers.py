@@ -17,7 +17,7 @@ import torch
 
 from audit import metrics
 from audit.certify import joint
-from audit.claims.base import ClaimSpec, Measurement, Where
+from audit.claims.base import ClaimSpec, Measurement, Where, at_resolution
 from audit.claims.parsing import sweep_of, threat_of, whole_number
 from audit.errors import ConfigError
 from audit.evaluations.certified import certify_lipschitz, certify_smoothing, smoothing_miou
@@ -136,7 +136,7 @@ class LipschitzCertifier(Certifier):
                 "chosen jointly to minimise the dataset IoU (Dinkelbach bisection)"
             )
         resolution = cert.resolution
-        at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+        at = at_resolution(resolution)
         unproven = unproven_constant(cert.lipschitz)
         evidence["proof"] = "conditional" if unproven else "proven"
         return Measurement(

@@ -21,7 +21,7 @@ import torch
 
 from audit import metrics
 from audit.claims import register
-from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, score_metric
+from audit.claims.base import ClaimKind, ClaimSpec, Measurement, Where, at_resolution, score_metric
 from audit.claims.clean import CLASS_METRIC_PREFIX, describe_metric
 from audit.claims.parsing import metric_choices, parse_metric, whole_number
 from audit.corruptions import CORRUPTIONS
@@ -127,7 +127,7 @@ class CorruptionClaim(ClaimKind):
             spec, engine, evaluation.per_image, p["metric"]
         )
         resolution = evaluation.resolution
-        at = f" at {resolution[0]}x{resolution[1]}" if resolution else ""
+        at = at_resolution(resolution)
         return Measurement(
             value=value,
             quantity=quantity,
