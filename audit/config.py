@@ -7,6 +7,7 @@ torch.  Precedence, lowest first: defaults, ``pyproject.toml`` ``[tool.segaudit]
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import tomllib
@@ -30,6 +31,9 @@ PALETTES = ("dataset", "colorblind")
 #: values of the ``progress`` setting (audit.progress): ``auto`` is a live bar on a terminal,
 #: plain lines elsewhere (a CI log), nothing under ``-qq``
 PROGRESS_MODES = ("auto", "bar", "lines", "off")
+#: values of the ``precision`` setting: the dtype the attacks' iterations run in under
+#: autocast (certificates and soundness checks always run in full precision)
+PRECISIONS = ("float32", "bfloat16", "float16")
 #: object size buckets (audit.objects): an object is small below the first fraction of the
 #: image's area, large at or above the second.  0.1% is about 46 x 46 pixels of a Cityscapes
 #: frame (1024 x 2048), where distant pedestrians, poles and signs lie; 1% (145 x 145) holds
@@ -80,6 +84,10 @@ class Settings:
     progress: str = "auto"
     #: folder of evaluations kept across runs (audit.store); None: nothing kept
     cache_dir: Path | None = None
+    #: the attacks' iterations under autocast in this dtype: one of :data:`PRECISIONS`
+    precision: str = "float32"
+    #: processes loading the next batch's images while the device works (0: none)
+    loader_workers: int = 0
     #: claim selector -> replacement threshold ({"min": x} and/or {"max": y}); a selector is
     #: an item's node id, ``suite::id`` of a sweep's claim, or a bare claim id
     thresholds: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
@@ -126,6 +134,8 @@ FILE_KEYS: dict[str, str] = {
     "hypothesis_db": "hypothesis_db",
     "progress": "progress",
     "cache": "cache_dir",
+    "precision": "precision",
+    "loader_workers": "loader_workers",
 }
 
 
@@ -185,15 +195,22 @@ def _coerce(key: str, value: Any, source: str) -> Any:
                 f"expected {' or '.join(PALETTES)}, got {value!r}", source=source, key=key
             )
         return value
-    if key == "progress":
-        if value not in PROGRESS_MODES:
-            expected = ", ".join(PROGRESS_MODES)
+    if key in ("progress", "precision"):
+        choices = PROGRESS_MODES if key == "progress" else PRECISIONS
+        if value not in choices:
+            expected = ", ".join(choices)
             raise ConfigError(f"expected {expected}, got {value!r}", source=source, key=key)
         return value
-    if key in ("seed", "batch_size", "bootstrap_resamples", "examples", "limit"):
+    if key in ("seed", "batch_size", "bootstrap_resamples", "examples", "limit", "loader_workers"):
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(source, key, "an integer", value)
-        minimum = {"seed": 0, "batch_size": 1, "bootstrap_resamples": 0, "examples": 0}.get(key, 1)
+        minimum = {
+            "seed": 0,
+            "batch_size": 1,
+            "bootstrap_resamples": 0,
+            "examples": 0,
+            "loader_workers": 0,
+        }.get(key, 1)
         if value < minimum:
             raise ConfigError(f"must be >= {minimum}, got {value}", source=source, key=key)
         return value
@@ -421,3 +438,22 @@ def resolve_settings(
         hypothesis_db=hypothesis_db,
         cache_dir=cache_dir,
     )
+
+
+def read_metadata_file(value: str | None, invocation_dir: Path) -> dict[str, Any] | None:
+    """The table of ``--audit-metadata FILE`` (TOML or JSON), relative to ``invocation_dir``."""
+    if value is None:
+        return None
+    path = Path(value) if Path(value).is_absolute() else invocation_dir / value
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", source="--audit-metadata") from exc
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"{path} is not valid JSON/TOML: {exc}", source="--audit-metadata"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a table/object", source="--audit-metadata")
+    return data

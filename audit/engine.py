@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from audit import metrics
+from audit.batches import Batch, load_batches, plan_batches
 from audit.budget import Budget
 from audit.config import DEFAULT_SIZE_BUCKETS
-from audit.errors import ClaimTimeout, ConfigError, ThreatOutOfRange
+from audit.devices import device_memory_errors
+from audit.distributed import Outcome, Ranks, merge_shards, split_batches
+from audit.errors import ClaimTimeout, EvaluationError, ThreatOutOfRange
 from audit.model import check_finite as check_finite_logits
 from audit.model import check_num_classes
-from audit.objects import Objects, check_size_buckets, find_objects
+from audit.objects import Objects, ObjectsCache, check_size_buckets
+from audit.progress import evaluation_label
 from audit.store import EvaluationStore
 from audit.threat import ThreatModel, radius_beyond_image
 
@@ -34,49 +37,6 @@ if TYPE_CHECKING:
     from audit.model import LoadedModel
 
 T = TypeVar("T")
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable device is a configuration error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("CUDA was requested but is not available here", key="device")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"{name} requested but only {torch.cuda.device_count()} CUDA device(s) exist",
-                key="device",
-            )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("MPS was requested but is not available here", key="device")
-    return device
-
-
-def worker_device(device: torch.device, worker: str | None) -> torch.device:
-    """The device of a pytest-xdist worker (``worker`` is its id, ``gw3``): a CUDA device
-    given without an index goes to GPU ``N mod count`` for worker ``gwN``, so ``-n`` workers
-    spread over the visible GPUs instead of all sharing the first; anything else is kept."""
-    if device.type != "cuda" or device.index is not None or not worker:
-        return device
-    digits = worker.removeprefix("gw")
-    count = torch.cuda.device_count()
-    if not digits.isdigit() or count < 2:
-        return device
-    return torch.device("cuda", int(digits) % count)
-
-
-#: memory the ground-truth objects of :meth:`Engine.objects` may hold (their label maps)
-OBJECTS_CACHE_BYTES = 512 * 2**20
-
-
-@dataclass(frozen=True)
-class Batch:
-    images: torch.Tensor  # N x 3 x H x W on the engine's device, [0, 1]
-    masks: torch.Tensor  # N x H x W int64 on the engine's device
-    names: tuple[str, ...]
-    indices: tuple[int, ...]
 
 
 @dataclass
@@ -95,31 +55,6 @@ def seed_for(base_seed: int, *parts: Any) -> int:
     """A seed that depends only on the run's seed and what is computed, not on claim order."""
     digest = hashlib.sha256(repr((base_seed, *parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-#: words of an evaluation's label in progress lines
-LABEL_WORDS = 5
-
-
-def evaluation_label(parts: Mapping[str, Any]) -> str:
-    """An evaluation in a few words, for progress: ``attack pgd linf eps=4/255``,
-    ``corruption fog severity=3``; nested parameters (an attack's own) are left out."""
-    params = parts.get("params") or {}
-    words = [str(parts.get("evaluation", "evaluation"))]
-    for name, value in params.items():
-        if isinstance(value, Mapping | list | tuple) or value is None:
-            continue
-        if name in ("attack", "corruption", "norm", "certifier"):
-            words.append(str(value))
-        elif isinstance(value, float):
-            # Linf epsilons are written in steps of 1/255 (pixel levels): say them so
-            levels = round(value * 255, 2)
-            linf = params.get("norm") == "linf" and levels and math.isclose(value * 255, levels)
-            words.append(f"{name}={levels:g}/255" if linf else f"{name}={value:g}")
-        else:
-            words.append(f"{name}={value}")
-    # the first few say which one it is; the rest would wrap the line
-    return " ".join(words[:LABEL_WORDS])
 
 
 def cache_key(parts: Mapping[str, Any]) -> str:
@@ -145,6 +80,8 @@ class Engine:
         examples: int = 4,
         attack_examples: int = 3,
         size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
+        precision: str = "float32",
+        loader_workers: int = 0,
     ) -> None:
         self.model = model
         self.dataset = dataset
@@ -159,12 +96,16 @@ class Engine:
         #: object size buckets (area fractions) of the per-object-size counts
         self.size_buckets = check_size_buckets(size_buckets)
         self.forward_passes = 0
+        #: the dtype of the attacks' iterations under autocast (:meth:`attack_autocast`)
+        self.precision = precision
+        #: processes loading the next batches while the device works (audit.batches)
+        self.loader_workers = loader_workers
         #: folder of Hypothesis' example database for searching claims (None: none); set by
         #: whoever builds the engine, from the ``hypothesis_db`` setting
         self.hypothesis_db: Path | None = None
         self._cache: dict[str, Any] = {}
-        #: ground-truth objects per batch (:meth:`objects`), oldest first, within a byte budget
-        self._objects: dict[tuple[int, ...], Objects] = {}
+        #: ground-truth objects per batch (:meth:`objects`)
+        self._objects = ObjectsCache(dataset.ignore_index, self.size_buckets)
         #: evaluations asked for with ``log=True``, by cache key, in the order first computed
         self.log: dict[str, LoggedEvaluation] = {}
         #: node id of the claim being measured (:meth:`measuring`), for the log
@@ -189,6 +130,16 @@ class Engine:
         self.reused: dict[str, Mapping[str, Any]] = {}
         #: key parts of the evaluations computed this run, by cache key, in order
         self.computed: dict[str, Mapping[str, Any]] = {}
+        #: the torchrun job this engine is one rank of (:mod:`audit.distributed`); None: alone
+        self.ranks: Ranks | None = None
+        #: evaluations that ran out of device memory, by cache key: ``evaluation`` (a label)
+        #: and ``batch_sizes`` (those tried, the last one what it ran with)
+        self.memory_retries: dict[str, dict[str, Any]] = {}
+        self._plans: dict[int, tuple[tuple[int, ...], ...]] = {}
+        #: inside :meth:`sharded`: batches() yields this rank's shard only
+        self._sharding = False
+        #: the batch size in force (smaller than :attr:`batch_size` while retrying)
+        self._batch_size = batch_size
         self.module = model.module.to(self.device)
 
     # -- identity -----------------------------------------------------------------------
@@ -217,6 +168,20 @@ class Engine:
             "torch": torch.__version__,
         }
 
+    def attack_parts(self) -> dict[str, Any]:
+        """What an attack's cache key adds to :meth:`key_parts`: its precision, when reduced."""
+        return {} if self.precision == "float32" else {"precision": self.precision}
+
+    @contextlib.contextmanager
+    def attack_autocast(self) -> Iterator[None]:
+        """An attack's iterations in the precision the user asked for (``--audit-precision``);
+        certificates and soundness checks never enter this block."""
+        if self.precision == "float32":
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=getattr(torch, self.precision)):
+            yield
+
     def generator(self, *parts: Any) -> torch.Generator:
         """A generator on the engine's device seeded from the run's seed and ``parts`` (what
         is computed, and the batch): the same numbers whatever ran before."""
@@ -234,7 +199,17 @@ class Engine:
         # a key is looked up once: a bad entry warns once, and a miss costs no second read
         if self.disk_cache is None or key in self._store_missed:
             return False
-        found, value = self.disk_cache.load(parts)
+        if self.ranks is None:
+            found, value = self.disk_cache.load(parts)
+        else:
+            # rank 0 reads and hands the entry on: a rank that read its own copy could
+            # find what another missed, and their exchanges would no longer pair up
+            found, value = False, None
+            if self.ranks.rank == 0:
+                found, value = self.disk_cache.load(parts)
+            reply = self.ranks.rank0_bytes(Outcome("ok", value).to_bytes(key) if found else b"")
+            if reply and self.ranks.rank != 0:
+                found, value = True, Outcome.from_bytes(reply).value
         if found:
             self._cache[key] = value
             self.reused[key] = parts
@@ -244,18 +219,33 @@ class Engine:
 
     def _to_store(self, key: str, parts: Mapping[str, Any], value: Any) -> None:
         self.computed[key] = parts
-        if self.disk_cache is not None:
+        if self.disk_cache is not None and (self.ranks is None or self.ranks.rank == 0):
             self.disk_cache.save(parts, value)
 
-    def cached(self, parts: Mapping[str, Any], compute: Callable[[], T], *, log: bool = False) -> T:
+    def cached(
+        self,
+        parts: Mapping[str, Any],
+        compute: Callable[[], T],
+        *,
+        log: bool = False,
+        sharded: bool = False,
+    ) -> T:
         """Compute once per key; a failure is cached too, so every claim reports it at once.
 
         A timeout is not: it says how long one claim was willing to wait, not what the
         evaluation gives, so a later claim with a larger budget (or none) computes it again.
         With ``log``, the result goes into :attr:`log`, with the claim that asked for it,
-        on a cache hit as on a miss.
+        on a cache hit as on a miss.  ``sharded`` marks an evaluation over the dataset's
+        batches: see :meth:`sharded`.
         """
         key = cache_key(parts)
+        if sharded:
+            inner = compute
+            label = evaluation_label(parts)
+
+            def compute() -> T:
+                return self.sharded(inner, key=key, label=label)
+
         if key in self._cache or self._from_store(key, parts):
             hit = self._cache[key]
             if isinstance(hit, BaseException):
@@ -268,6 +258,9 @@ class Engine:
             budget.enter(str(parts.get("evaluation")), parts.get("params", {}))
         done = False
         self._computing.append(evaluation_label(parts))
+        # Only a sharded evaluation sees the shard: one it asks for (a Lipschitz search on
+        # the first images) is the same computation on every rank.
+        sharding, self._sharding = self._sharding, False
         try:
             value = compute()
             done = True
@@ -278,6 +271,7 @@ class Engine:
             self._cache[key] = exc
             raise
         finally:
+            self._sharding = sharding
             self._computing.pop()
             if budget is not None:
                 budget.leave(done=done)
@@ -287,6 +281,78 @@ class Engine:
         if log:
             self._log(key, parts, value)
         return value
+
+    def sharded(self, compute: Callable[[], T], *, key: str, label: str = "") -> T:
+        """``compute`` (an evaluation over :meth:`batches`) with what one process cannot do
+        alone: a retry with half the batch size when the device runs out of memory (down to
+        one image; the sizes tried are logged), and under torchrun the shards of every rank
+        merged into what a single process computes (:mod:`audit.distributed`).
+
+        ``key`` names the evaluation in the ranks' exchange.
+        """
+        tried: list[int] = []
+        try:
+            while True:
+                tried.append(self._batch_size)
+                try:
+                    return self._over_shards(compute, key, label)
+                except MemoryError as exc:
+                    if self._batch_size == 1:
+                        raise EvaluationError(
+                            f"{label or 'evaluation'}: out of device memory even one image "
+                            f"at a time (tried batch sizes {tried}): {exc}"
+                        ) from exc
+                    self._batch_size = max(1, self._batch_size // 2)
+                    if self.device.type == "cuda":
+                        torch.cuda.empty_cache()
+        finally:
+            self._batch_size = self.batch_size
+            if len(tried) > 1:
+                self.memory_retries[key] = {"evaluation": label, "batch_sizes": tried}
+
+    def _over_shards(self, compute: Callable[[], T], key: str, label: str) -> T:
+        """One try of :meth:`sharded`: alone, ``compute()``; as a rank, ``compute()`` over
+        this rank's shard, then every rank's outcome exchanged and merged."""
+        sharding, self._sharding = self._sharding, True
+        try:
+            if self.ranks is None:
+                return device_memory_errors(compute)
+            outcome = self._shard_outcome(compute)
+        finally:
+            self._sharding = sharding
+        replies = self.ranks.exchange(key, outcome)
+        shards = self.shards()
+        plan = self.batch_plan()
+        for rank, reply in enumerate(replies):
+            if reply.status == "memory":
+                raise MemoryError(f"rank {rank} ran out of device memory")
+        for rank, reply in enumerate(replies):
+            if reply.status == "error":
+                if rank == self.ranks.rank and outcome.raised is not None:
+                    raise outcome.raised
+                images = [i for n in shards[rank] for i in plan[n]]
+                where = f"images {images[0]}-{images[-1]}" if images else "no images"
+                raise reply.exception(rank, where)
+        parts = [r.value for r in replies if r.status == "ok"]
+        if not parts:
+            raise EvaluationError(f"dataset {self.dataset.kind!r} has no samples to evaluate")
+        return merge_shards(parts, self)
+
+    def _shard_outcome(self, compute: Callable[[], Any]) -> Outcome:
+        """This rank's outcome: every exception becomes one, so that no rank leaves the
+        others waiting in the exchange."""
+        assert self.ranks is not None
+        empty = not self.shards()[self.ranks.rank]
+        try:
+            value = device_memory_errors(compute)
+        except MemoryError:
+            return Outcome("memory")
+        except Exception as exc:
+            # a rank without images fails the "no samples" way: the others have them
+            if empty and type(exc) is EvaluationError:
+                return Outcome("empty")
+            return Outcome.failed(exc)
+        return Outcome("empty") if empty else Outcome("ok", value)
 
     def store(self, parts: Mapping[str, Any], value: Any, *, log: bool = False) -> None:
         """Cache (and log) a result computed alongside another (a sweep's shared pass)."""
@@ -364,46 +430,58 @@ class Engine:
 
     # -- data and model -----------------------------------------------------------------
     def objects(self, batch: Batch) -> Objects:
-        """The connected ground-truth objects of ``batch``, each in its size bucket.
+        """The connected ground-truth objects of ``batch``, each in its size bucket (found
+        once per batch while they fit in :data:`audit.objects.CACHE_BYTES`)."""
+        return self._objects.get(batch.indices, batch.masks)
 
-        The masks are the same for every evaluation, and finding components costs about a
-        second per 1024x2048 image on a CPU, more than a corrupted forward pass: they are found
-        once per batch and kept while they fit in :data:`OBJECTS_CACHE_BYTES`; past that the
-        oldest batches are dropped and found again when asked for.
-        """
-        found = self._objects.get(batch.indices)
-        if found is None:
-            found = find_objects(batch.masks, self.ignore_index, self.size_buckets)
-            self._objects[batch.indices] = found
-            held = sum(o.labels.element_size() * o.labels.numel() for o in self._objects.values())
-            while held > OBJECTS_CACHE_BYTES and len(self._objects) > 1:
-                oldest = next(iter(self._objects))
-                held -= (
-                    self._objects[oldest].labels.element_size()
-                    * self._objects[oldest].labels.numel()
-                )
-                del self._objects[oldest]
-        return found
+    def batch_plan(self) -> tuple[tuple[int, ...], ...]:
+        """The run's batches as sample indices (:func:`audit.batches.plan_batches`), at the
+        batch size in force."""
+        plan = self._plans.get(self._batch_size)
+        if plan is None:
+            plan = plan_batches(self.dataset, self.num_samples, self._batch_size)
+            self._plans[self._batch_size] = plan
+        return plan
+
+    def shards(self) -> list[range]:
+        """Each rank's contiguous run of batch numbers (one run of all batches when alone)."""
+        plan = self.batch_plan()
+        if self.ranks is None:
+            return [range(len(plan))]
+        return split_batches([len(b) for b in plan], self.ranks.world_size)
+
+    def shard_images(self) -> list[dict[str, int]]:
+        """Which images each rank covers, for the record: ``start`` and ``stop`` indices."""
+        plan = self.batch_plan()
+        out = []
+        for rank, numbers in enumerate(self.shards()):
+            indices = [i for n in numbers for i in plan[n]]
+            start = indices[0] if indices else 0
+            out.append({"rank": rank, "start": start, "stop": start + len(indices)})
+        return out
 
     def batches(self) -> Iterator[Batch]:
-        """Batches of consecutive samples of equal size (a size change starts a new batch)."""
-        pending: list[tuple[int, Any]] = []
-        for index in range(self.num_samples):
-            if not pending:
-                self._report_progress(index)
-            sample = self.dataset[index]
-            if pending and pending[0][1].image.shape != sample.image.shape:
-                yield self._budgeted(pending)
-                pending = []
-            pending.append((index, sample))
-            if len(pending) == self.batch_size:
-                yield self._budgeted(pending)
-                pending = []
-        if pending:
-            yield self._budgeted(pending)
-        self._report_progress(self.num_samples)
+        """The batches of :meth:`batch_plan`; inside :meth:`sharded`, this rank's only.
+        Each starts once the claim's budget allows (the images before it are done)."""
+        plan = self.batch_plan()
+        numbers = range(len(plan))
+        if self._sharding and self.ranks is not None:
+            numbers = self.shards()[self.ranks.rank]
+        done, total = 0, sum(len(plan[n]) for n in numbers)
+        loaded = load_batches(self.dataset, plan, numbers, self.device, workers=self.loader_workers)
+        try:
+            for number in numbers:
+                self._report_progress(done, total)
+                if self.budget is not None:
+                    self.budget.at_batch(done, total)
+                    self.budget.check()
+                yield next(loaded)
+                done += len(plan[number])
+        finally:
+            loaded.close()
+        self._report_progress(total, total)
 
-    def _report_progress(self, done: int) -> None:
+    def _report_progress(self, done: int, total: int) -> None:
         if self.on_progress is None:
             return
         # Outside :meth:`cached` (an attack sweep's shared pass), the claim names the work.
@@ -411,25 +489,11 @@ class Engine:
         self._progress = {
             "evaluation": self._computing[-1] if self._computing else fallback,
             "samples_done": done,
-            "samples_total": self.num_samples,
+            "samples_total": total,
         }
         self.on_progress(dict(self._progress))
-        if done >= self.num_samples:
+        if done >= total:
             self._progress = {}
-
-    def _budgeted(self, items: list[tuple[int, Any]]) -> Batch:
-        """The batch, once the budget allows starting it (the images before it are done)."""
-        if self.budget is not None:
-            self.budget.at_batch(items[0][0], self.num_samples)
-            self.budget.check()
-        return self._collate(items)
-
-    def _collate(self, items: list[tuple[int, Any]]) -> Batch:
-        # Each sample goes to the device first and is stacked there: stacking large images on
-        # the host is a memory copy that costs as much as a forward pass of a small network.
-        images = torch.stack([s.image.to(self.device, torch.float32) for _, s in items])
-        masks = torch.stack([s.mask.to(self.device, torch.int64) for _, s in items])
-        return Batch(images, masks, tuple(s.name for _, s in items), tuple(i for i, _ in items))
 
     def forward(
         self, images: torch.Tensor, names: tuple[str, ...] = (), *, check_finite: bool = True

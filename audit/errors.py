@@ -45,6 +45,10 @@ class ModelError(SegAuditError):
     """The model file cannot be loaded, is refused, or does not fit the data."""
 
 
+class OutOfDeviceMemory(ModelError):
+    """The model ran out of device memory on a batch: the engine retries with smaller ones."""
+
+
 class DataError(SegAuditError):
     """A dataset cannot be opened or one of its samples is unreadable."""
 
@@ -87,3 +91,8 @@ class InvalidRecord(SegAuditError):
         super().__init__(message)
         self.path = path
         self.count = count
+
+
+class RankError(SegAuditError):
+    """A torchrun job's ranks cannot go on together: one failed to set up, died, or reached
+    another evaluation; every rank raises it rather than wait in a collective."""

@@ -7,7 +7,6 @@ Hooks stay thin; the work lives in :mod:`audit.session`.  The plugin is enabled 
 from __future__ import annotations
 
 import json
-import tomllib
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from audit.claims.base import ClaimFailed
-from audit.config import resolve_settings
-from audit.errors import ConfigError, SegAuditError
+from audit.config import read_metadata_file, resolve_settings
+from audit.errors import SegAuditError
 from audit.interrupts import describe_interruption
 from audit.record.baseline import load_baseline
 from audit.record.baseline_table import summary_lines
@@ -45,6 +44,12 @@ _session_key: pytest.StashKey[AuditSession] = pytest.StashKey()
 #: xdist worker to the controller, which keeps the record; not a user property, so that
 #: --junitxml gets the readable measured, threshold and verdict only
 _ENTRY_ATTR = "segaudit_entry"
+#: settings whose option's dest is ``segaudit_<setting>``, read into the settings as given
+_SAME_NAMED_SETTINGS = (
+    "data", "device", "palette", "size_buckets", "seed", "limit", "batch_size", "factory",
+    "trust_pickle", "claim_timeout", "require_proof", "baseline", "fail_on_regression", "ctrf",
+    "hypothesis_db", "progress", "precision", "loader_workers",
+)  # fmt: skip
 #: what a bare --audit stands for: the configured model, else the demo
 _CONFIGURED_MODEL = "<configured>"
 #: a user's own test's outcome (JSON text) on its test report, for the record, like
@@ -205,6 +210,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "for CI logs), off; auto (default): bar on a terminal, else lines, off under -qq",
     )
     group.addoption(
+        "--audit-precision",
+        dest="segaudit_precision",
+        choices=("float32", "bfloat16", "float16"),
+        help="run the attacks' iterations under autocast in this precision (default float32); "
+        "certificates and soundness checks always run in full precision",
+    )
+    group.addoption(
+        "--audit-loader-workers",
+        dest="segaudit_loader_workers",
+        type=int,
+        metavar="N",
+        help="processes that load and decode the next images while the device works "
+        "(default 0: the audit's own process loads them)",
+    )
+    group.addoption(
         "--audit-cache",
         dest="segaudit_cache",
         metavar="DIR",
@@ -220,24 +240,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _read_metadata_file(value: str | None, invocation_dir: Path) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    path = Path(value) if Path(value).is_absolute() else invocation_dir / value
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}", source="--audit-metadata") from exc
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(
-            f"{path} is not valid JSON/TOML: {exc}", source="--audit-metadata"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a table/object", source="--audit-metadata")
-    return data
-
-
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "segaudit: a SegAudit claim (added to every claim item)")
     model = config.getoption(OPT_MODEL)
@@ -246,6 +248,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # The audit's machinery (torch, the claim kinds, third-party entry points) loads only
     # when an audit runs: installing the plugin must not slow down every other test run.
     from audit.claims import known_kinds
+    from audit.distributed import join_torchrun
     from audit.progress import pytest_progress
     from audit.session import AuditSession, preflight
 
@@ -254,28 +257,14 @@ def pytest_configure(config: pytest.Config) -> None:
     opt = config.getoption
     invocation_dir = config.invocation_params.dir
     try:
-        cli = {
+        # settings named as their options (--audit-seed is dest segaudit_seed)
+        cli = {name: opt(f"segaudit_{name}") for name in _SAME_NAMED_SETTINGS}
+        cli |= {
             "model": None if model == _CONFIGURED_MODEL else model,
-            "data": opt("segaudit_data"),
             "suites": tuple(opt("segaudit_suites")),
             "report_dir": opt("segaudit_report"),
-            "device": opt("segaudit_device"),
-            "palette": opt("segaudit_palette"),
-            "size_buckets": opt("segaudit_size_buckets"),
-            "seed": opt("segaudit_seed"),
-            "limit": opt("segaudit_limit"),
-            "batch_size": opt("segaudit_batch_size"),
-            "factory": opt("segaudit_factory"),
-            "trust_pickle": opt("segaudit_trust_pickle"),
-            "metadata": _read_metadata_file(opt("segaudit_metadata"), invocation_dir),
+            "metadata": read_metadata_file(opt("segaudit_metadata"), invocation_dir),
             "thresholds": opt("segaudit_thresholds") or None,
-            "claim_timeout": opt("segaudit_claim_timeout"),
-            "require_proof": opt("segaudit_require_proof"),
-            "baseline": opt("segaudit_baseline"),
-            "fail_on_regression": opt("segaudit_fail_on_regression"),
-            "ctrf": opt("segaudit_ctrf"),
-            "hypothesis_db": opt("segaudit_hypothesis_db"),
-            "progress": opt("segaudit_progress"),
             "cache_dir": opt("segaudit_cache"),
         }
         settings = resolve_settings(rootdir=config.rootpath, cli=cli, invocation_dir=invocation_dir)
@@ -289,6 +278,8 @@ def pytest_configure(config: pytest.Config) -> None:
             if settings.cache_dir is not None:
                 ensure_writable_dir(settings.cache_dir, what="--audit-cache")
         baseline = load_baseline(settings.baseline) if settings.baseline is not None else None
+        xdist = hasattr(config, "workerinput") or bool(getattr(config.option, "numprocesses", 0))
+        ranks, settings = join_torchrun(settings, xdist=xdist)
     except SegAuditError as exc:
         raise pytest.UsageError(f"SegAudit: {exc}") from None
     is_worker = hasattr(config, "workerinput")
@@ -299,6 +290,7 @@ def pytest_configure(config: pytest.Config) -> None:
         writes_record=not is_worker and not config.option.collectonly,
         baseline=baseline,
         progress=pytest_progress(config, settings.progress, worker=is_worker),
+        ranks=ranks,
     )
     config.stash[_session_key] = audit
     config.pluginmanager.register(AuditRun(config, audit), "segaudit-run")
@@ -308,6 +300,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     run = config.pluginmanager.get_plugin("segaudit-run")
     if isinstance(run, AuditRun):
         run.audit.interrupts.restore()
+        if run.audit.ranks is not None:
+            run.audit.ranks.leave()
 
 
 def _audit(config: pytest.Config) -> AuditSession | None:
@@ -427,7 +421,10 @@ class AuditRun:
             results = self.audit.finish(
                 complete=ran_all and not interrupted, interrupted_by=stopped_by
             )
-            self.report_dir = results.parent
+            # under torchrun, rank 0 writes the report; the others wrote to a scratch folder
+            self.report_dir = (
+                results.parent if self.audit.ranks is None or not self.audit.ranks.rank else None
+            )
         except Exception as exc:
             # Whatever went wrong, pytest's own summary must still print; results.json is
             # written before the HTML, so the record survives a rendering failure.

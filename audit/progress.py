@@ -11,6 +11,7 @@ capture, as pytest's own live logging does, so progress shows while a claim runs
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import time
@@ -272,3 +273,28 @@ def pytest_progress(config: Any, mode: str, *, worker: bool = False) -> Progress
     return ProgressDisplay(
         "off" if worker else mode, PytestOutput(config), verbosity=config.get_verbosity
     )
+
+
+#: words of an evaluation's label in progress lines
+LABEL_WORDS = 5
+
+
+def evaluation_label(parts: Mapping[str, Any]) -> str:
+    """An evaluation in a few words, for progress: ``attack pgd linf eps=4/255``,
+    ``corruption fog severity=3``; nested parameters (an attack's own) are left out."""
+    params = parts.get("params") or {}
+    words = [str(parts.get("evaluation", "evaluation"))]
+    for name, value in params.items():
+        if isinstance(value, Mapping | list | tuple) or value is None:
+            continue
+        if name in ("attack", "corruption", "norm", "certifier"):
+            words.append(str(value))
+        elif isinstance(value, float):
+            # Linf epsilons are written in steps of 1/255 (pixel levels): say them so
+            levels = round(value * 255, 2)
+            linf = params.get("norm") == "linf" and levels and math.isclose(value * 255, levels)
+            words.append(f"{name}={levels:g}/255" if linf else f"{name}={value:g}")
+        else:
+            words.append(f"{name}={value}")
+    # the first few say which one it is; the rest would wrap the line
+    return " ".join(words[:LABEL_WORDS])

@@ -24,9 +24,11 @@ from audit.claims.base import judge_regression
 from audit.config import Settings
 from audit.data import open_dataset
 from audit.data.spec import data_root
-from audit.engine import Engine, resolve_device, worker_device
+from audit.devices import rank_device, resolve_device, worker_device
+from audit.distributed import Ranks, join_torchrun
+from audit.engine import Engine
 from audit.environment import environment, libraries_loaded, library_versions
-from audit.errors import ClaimTimeout, ConfigError, ModelError, SegAuditError
+from audit.errors import ClaimTimeout, ConfigError, ModelError, RankError, SegAuditError
 from audit.interrupts import InterruptSignals, Terminated, describe_interruption, signal_name
 from audit.metrics import finite_or_none
 from audit.model import ModelMetadata, load_model
@@ -89,8 +91,12 @@ class AuditSession:
         writes_record: bool = True,
         baseline: Baseline | None = None,
         progress: ProgressDisplay | None = None,
+        ranks: Ranks | None = None,
     ) -> None:
         self.settings = settings
+        #: the torchrun job this run is one rank of (None: a single process); every rank
+        #: runs every claim over its shard, and rank 0 alone writes to the report folder
+        self.ranks = ranks
         #: where long evaluations show how far they got (standard error by default)
         self.progress = progress or ProgressDisplay(settings.progress)
         #: False in processes whose results another process records (pytest-xdist workers)
@@ -102,6 +108,8 @@ class AuditSession:
                 "device_requested": settings.device,
                 "batch_size": settings.batch_size,
                 "limit": settings.limit,
+                # the attacks' iterations only: certificates always run in full precision
+                "attack_precision": settings.precision,
                 "trust_pickle": pickle_trust(settings),
                 "command_line": list(command_line) or list(sys.argv),
                 "versions": library_versions(),
@@ -168,12 +176,25 @@ class AuditSession:
         if self._engine_error is not None:
             raise self._engine_error
         if self._engine is None:
+            engine, problem = None, None
             try:
-                self._engine = self._build_engine()
-            except SegAuditError as exc:
-                self._engine_error = exc
-                self.recorder.record_error("model and data", str(exc))
-                raise
+                engine = self._build_engine()
+            except Exception as exc:
+                problem = exc
+            if self.ranks is not None:
+                # every rank hears of a failure, or the others would wait for its shards
+                try:
+                    said = None if problem is None else f"{type(problem).__name__}: {problem}"
+                    self.ranks.agree("to load the model and data", said)
+                except RankError as exc:
+                    problem = exc
+            if problem is not None:
+                if not isinstance(problem, SegAuditError):
+                    raise problem
+                self._engine_error = problem
+                self.recorder.record_error("model and data", str(problem))
+                raise problem
+            self._engine = engine
         return self._engine
 
     @property
@@ -208,6 +229,8 @@ class AuditSession:
                 f"{dataset.kind!r} has {dataset.num_classes} ({', '.join(dataset.class_names)})"
             )
         device = worker_device(resolve_device(s.device), os.environ.get("PYTEST_XDIST_WORKER"))
+        if self.ranks is not None:
+            device = rank_device(device, self.ranks.local_rank)
         engine = Engine(
             loaded,
             dataset,
@@ -219,8 +242,17 @@ class AuditSession:
             confidence=s.confidence,
             examples=s.examples,
             size_buckets=s.size_buckets,
+            precision=s.precision,
+            loader_workers=s.loader_workers,
         )
         engine.hypothesis_db = s.hypothesis_db
+        if self.ranks is not None:
+            engine.ranks = self.ranks
+            self.recorder.provenance["distributed"] = {
+                "world_size": self.ranks.world_size,
+                "backend": self.ranks.backend,
+                "shards": engine.shard_images(),
+            }
         if s.cache_dir is not None:
             engine.disk_cache = EvaluationStore(
                 s.cache_dir,
@@ -395,6 +427,7 @@ class AuditSession:
             compute=not self.engine.timed_out,
             palette=self.settings.palette,
         )
+        record_memory_retries(self.recorder.provenance, self.engine)
         # the controller loaded no suite: the worker keeps the suites as run for the manifest
         copy_suites(
             self.settings.report_dir, {s.name: s.text for s in self.suites if s.text is not None}
@@ -404,7 +437,9 @@ class AuditSession:
             "cache": cache_record(self.engine),
             "suites": self.recorder.suites,
             "evaluations": self.recorder.evaluations,
-            "provenance": {k: provenance[k] for k in WORKER_PROVENANCE if k in provenance},
+            "provenance": {
+                k: provenance[k] for k in (*WORKER_PROVENANCE, "memory_retries") if k in provenance
+            },
             "errors": self.recorder.errors,
         }
 
@@ -446,6 +481,7 @@ class AuditSession:
             self.progress.note(f"summaries done in {time.perf_counter() - start:.1f} s")
             if self.engine.disk_cache is not None:
                 self.recorder.cache = cache_record(self.engine)
+            record_memory_retries(self.recorder.provenance, self.engine)
         self.recorder.progress.pop("evaluation", None)
         if self.baseline is not None:
             self.recorder.baseline = compare_records(
@@ -496,13 +532,21 @@ def cache_record(engine: Engine) -> dict[str, Any]:
     }
 
 
+def record_memory_retries(provenance: dict[str, Any], engine: Engine) -> None:
+    """``provenance.memory_retries``: each evaluation that ran out of device memory, and
+    the batch sizes it tried, the last being what it ran with (absent when none did)."""
+    if engine.memory_retries:
+        provenance["memory_retries"] = [dict(row) for row in engine.memory_retries.values()]
+
+
 def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dict[str, Any]:
     """Check every claim of the settings' suites without pytest; return the results record.
 
     ``claims`` optionally restricts the run to these node ids.  The report is written to
-    ``settings.report_dir`` whatever the verdicts.
+    ``settings.report_dir`` whatever the verdicts (by rank 0 alone, under torchrun).
     """
-    session = AuditSession(settings)
+    ranks, settings = join_torchrun(settings)
+    session = AuditSession(settings, ranks=ranks)
     selected = set(claims) if claims is not None else None
     specs = []
     for ref in settings.suites:
@@ -525,4 +569,6 @@ def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dic
             raise
         finally:
             session.finish(complete=complete, interrupted_by=interrupted_by)
+            if ranks is not None:
+                ranks.leave()
     return session.recorder.to_dict(complete=complete)

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 
 from audit import metrics
 from audit.data.base import Sample, SegmentationDataset
-from audit.engine import Engine, resolve_device
+from audit.devices import resolve_device
+from audit.engine import Engine
 from audit.evaluations import evaluate_attack
 from audit.model.loading import LoadedModel
 from audit.model.metadata import ModelMetadata

@@ -31,7 +31,8 @@ import torch
 from audit.certify import joint, margins
 from audit.certify.smoothing import SmoothingConfig, smoothing_certify
 from audit.data.synthetic import SyntheticStreetScenes
-from audit.engine import Engine, resolve_device
+from audit.devices import resolve_device
+from audit.engine import Engine
 from audit.evaluations.certified import certify_lipschitz
 from audit.evaluations.lipschitz import KAPPA
 from audit.model import load_model

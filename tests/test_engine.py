@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from audit.data import open_dataset
-from audit.engine import Engine, cache_key, resolve_device
+from audit.devices import resolve_device
+from audit.engine import Engine, cache_key
 from audit.errors import ConfigError, EvaluationError
 from audit.evaluations import evaluate_clean
 from audit.model import fingerprint_module, load_model

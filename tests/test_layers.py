@@ -44,6 +44,8 @@ LAYERS: dict[str, int] = {
             "environment",
             # progress on the terminal (tqdm), for the session and the plugin
             "progress",
+            # which device a run, a worker or a rank uses
+            "devices",
         ),
         0,
     ),
@@ -55,6 +57,10 @@ LAYERS: dict[str, int] = {
     "engine": 3,
     # evaluations kept on disk across runs, for the engine
     "store": 3,
+    # torchrun ranks: shards of the batches and the exchange of their results, for the engine
+    "distributed": 3,
+    # the engine's batches: planned from the samples' sizes, loaded onto the device
+    "batches": 3,
     "evaluations": 4,
     "claims": 5,
     "suite": 5,

@@ -301,7 +301,7 @@ def test_demo_audit_records_and_reports_the_breakdown(tmp_path: Path) -> None:
 def test_the_engine_finds_a_batchs_objects_once_within_its_budget(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path
 ) -> None:
-    import audit.engine as engine_module
+    import audit.objects as objects_module
     from audit.data import open_dataset
     from audit.engine import Engine
     from audit.model import load_model
@@ -311,7 +311,7 @@ def test_the_engine_finds_a_batchs_objects_once_within_its_budget(
     first, second = list(engine.batches())
     assert engine.objects(first) is engine.objects(first)
     one_batch = 2 * 32 * 64 * 8  # two int64 label maps
-    monkeypatch.setattr(engine_module, "OBJECTS_CACHE_BYTES", one_batch)
+    monkeypatch.setattr(objects_module, "CACHE_BYTES", one_batch)
     held = engine.objects(first)
     engine.objects(second)  # over the budget: the oldest batch is dropped
     again = engine.objects(first)

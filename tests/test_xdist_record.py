@@ -164,7 +164,7 @@ def test_merging_keeps_each_evaluation_once_and_derives_diagnostics_again() -> N
 def test_workers_spread_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from audit.engine import worker_device
+    from audit.devices import worker_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
     cuda = torch.device("cuda")

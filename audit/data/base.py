@@ -48,6 +48,13 @@ class SegmentationDataset(ABC):
     def __getitem__(self, index: int) -> Sample:
         """Load sample ``index``; raise :class:`~audit.errors.DataError` naming a bad file."""
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of sample ``index`` as :meth:`__getitem__` returns it.  The engine plans
+        its batches from these before loading any sample; override it where the size is known
+        without decoding the image (the default loads the sample)."""
+        shape = self[index].image.shape
+        return int(shape[-2]), int(shape[-1])
+
     def condition(self, index: int) -> str | None:
         """The condition (one of :attr:`conditions`) sample ``index`` was taken in; ``None``
         for a layout without conditions."""

@@ -46,6 +46,18 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float().div_(255.0)
 
 
+def image_file_size(path: Path) -> tuple[int, int]:
+    """``(H, W)`` of an image file from its header, without decoding the pixels."""
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except Exception as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from exc
+    return int(height), int(width)
+
+
 def read_mask(path: Path) -> np.ndarray:
     """Load a single-channel mask as int64: palette indices for P-mode PNGs, else raw values."""
     with _open(path, "mask") as im:

@@ -12,6 +12,7 @@ from audit.data.base import Sample, SegmentationDataset
 from audit.data.io import (
     check_mask_values,
     hash_files,
+    image_file_size,
     read_image,
     read_mask,
     resize_image,
@@ -78,6 +79,11 @@ class PairedFileDataset(SegmentationDataset):
         if self.size is not None:
             image, mask_t = resize_image(image, self.size), resize_mask(mask_t, self.size)
         return Sample(image=image, mask=mask_t, name=name)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        if self.size is not None:
+            return self.size
+        return image_file_size(self._pairs[index][0])
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

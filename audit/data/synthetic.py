@@ -565,6 +565,9 @@ class SyntheticStreetScenes(SegmentationDataset):
             name=f"synthetic-{int(index):06d}",
         )
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.size
+
     def fingerprint(self) -> str:
         payload = json.dumps(self.describe(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()

@@ -13,6 +13,7 @@ here, in one place, as the store's whitelist (:func:`audit.store.register`).  Th
 which their cache key does not cover.
 """
 
+import audit.evaluations.shards  # noqa: F401 (registers how shard results merge)
 from audit import store
 from audit.certify.falsify import LowerBound
 from audit.certify.joint import IoUProfile

@@ -297,7 +297,12 @@ def evaluate_attack(
 
     def parts(t: ThreatModel) -> dict[str, Any]:
         return engine.key_parts(
-            "attack", attack=name, params=canonical, norm=t.norm, eps=t.eps.value
+            "attack",
+            attack=name,
+            params=canonical,
+            norm=t.norm,
+            eps=t.eps.value,
+            **engine.attack_parts(),
         )
 
     if not engine.is_cached(parts(threat)) and attack.shares_grid:
@@ -308,7 +313,11 @@ def evaluate_attack(
         ]
         if len(todo) > 1:
             try:
-                results = run_attack(engine, attack, name, todo)
+                results = engine.sharded(
+                    lambda: run_attack(engine, attack, name, todo),
+                    key=cache_key(parts(threat)),
+                    label=f"{name} sweep",
+                )
             except ThreatOutOfRange:
                 # Another epsilon of the sweep is too large: this one runs alone below
                 # (and is refused on its own if it is too large itself).
@@ -323,7 +332,10 @@ def evaluate_attack(
                 for t, result in zip(todo, results, strict=True):
                     engine.store(parts(t), result, log=True)
     return engine.cached(
-        parts(threat), lambda: run_attack(engine, attack, name, [threat])[0], log=True
+        parts(threat),
+        lambda: run_attack(engine, attack, name, [threat])[0],
+        log=True,
+        sharded=True,
     )
 
 
@@ -335,7 +347,12 @@ def evaluate_noise(engine: Engine, threat: ThreatModel) -> AttackEvaluation:
 def noise_key(engine: Engine, threat: ThreatModel) -> dict[str, Any]:
     """The cache key parts of :func:`evaluate_noise` (to ask whether it was computed)."""
     return engine.key_parts(
-        "attack", attack="noise", params={}, norm=threat.norm, eps=threat.eps.value
+        "attack",
+        attack="noise",
+        params={},
+        norm=threat.norm,
+        eps=threat.eps.value,
+        **engine.attack_parts(),
     )
 
 
@@ -349,12 +366,12 @@ def run_attack(
     forward_start = engine.forward_passes
     accumulators = [_Accumulator(engine.attack_examples) for _ in threats]
     start = time.perf_counter()
-    for b, batch in enumerate(engine.batches()):
+    for batch in engine.batches():
         # Each batch knows its size: an L2 radius beyond its diameter is refused before work.
         for threat in threats:
             engine.check_radius(threat, batch.images.shape[1:])
         ctx = attack_context(
-            engine, engine.generator(name, sorted(attack.params.items()), b), counters
+            engine, engine.generator(name, sorted(attack.params.items()), batch.number), counters
         )
         with torch.no_grad():
             # No read-back before the attack: the host queues the attack's kernels while the
@@ -366,22 +383,26 @@ def run_attack(
             # The ground-truth objects are the same for every threat model: found once.
             objects = engine.objects(batch)
         if len(threats) > 1 and attack.shares_grid:
-            advs = attack.grid(batch.images, batch.masks, threats, ctx)
+            with engine.attack_autocast():
+                advs = attack.grid(batch.images, batch.masks, threats, ctx)
         else:
             # Each threat's accumulator hears which ensemble member won each image.
-            advs = [
-                attack(
-                    batch.images,
-                    batch.masks,
-                    threat=t,
-                    ctx=dataclasses.replace(ctx, on_winners=accumulator.winners.extend),
-                )
-                for t, accumulator in zip(threats, accumulators, strict=True)
-            ]
+            with engine.attack_autocast():
+                advs = [
+                    attack(
+                        batch.images,
+                        batch.masks,
+                        threat=t,
+                        ctx=dataclasses.replace(ctx, on_winners=accumulator.winners.extend),
+                    )
+                    for t, accumulator in zip(threats, accumulators, strict=True)
+                ]
         if not bool(clean_finite):
             with torch.no_grad():
                 engine.forward(batch.images, batch.names)  # raises, naming the samples
         for accumulator, adv in zip(accumulators, advs, strict=True):
+            # autocast may hand back a reduced dtype: measured in full precision all the same
+            adv = adv.float()
             with torch.no_grad():
                 adv_pred = engine.forward(adv, batch.names).argmax(1)
             accumulator.update(

@@ -154,7 +154,7 @@ def certify_lipschitz(
         iou_radii=list(iou_radii),
         kappa=KAPPA,
     )
-    return engine.cached(parts, compute, log=True)
+    return engine.cached(parts, compute, log=True, sharded=True)
 
 
 def _to_cpu(profile: Any) -> Any:
@@ -203,9 +203,9 @@ def certify_smoothing(engine: Engine, config: Mapping[str, Any]) -> SmoothingCer
         k = engine.num_classes
         cms, abstained, pixels = [], [], []
         model = engine.attack_forward(lambda grad: None)
-        for b, batch in enumerate(engine.batches()):
+        for batch in engine.batches():
             cfg.validate(int(batch.masks[0].numel()))
-            generator = engine.generator("smoothing", sorted(config.items()), b)
+            generator = engine.generator("smoothing", sorted(config.items()), batch.number)
             result = smoothing_certify(model, batch.images, cfg, generator=generator, num_classes=k)
             pred = torch.where(
                 result.prediction < 0, torch.full_like(result.prediction, k), result.prediction
@@ -227,7 +227,9 @@ def certify_smoothing(engine: Engine, config: Mapping[str, Any]) -> SmoothingCer
             seconds=time.perf_counter() - start,
         )
 
-    return engine.cached(engine.key_parts("certify_smoothing", **config), compute, log=True)
+    return engine.cached(
+        engine.key_parts("certify_smoothing", **config), compute, log=True, sharded=True
+    )
 
 
 def smoothing_miou(cm: np.ndarray) -> Any:

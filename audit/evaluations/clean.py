@@ -54,7 +54,9 @@ class CleanEvaluation(PerImage):
 
 def evaluate_clean(engine: Engine) -> CleanEvaluation:
     """Clean predictions over the engine's dataset slice, computed once per engine."""
-    return engine.cached(engine.key_parts("clean"), lambda: _compute_clean(engine), log=True)
+    return engine.cached(
+        engine.key_parts("clean"), lambda: _compute_clean(engine), log=True, sharded=True
+    )
 
 
 def _compute_clean(engine: Engine) -> CleanEvaluation:

@@ -76,7 +76,9 @@ def evaluate_corruption(engine: Engine, name: str, severity: float) -> Corruptio
     if name not in CORRUPTIONS:
         raise EvaluationError(f"unknown corruption {name!r}")
     parts = engine.key_parts("corruption", corruption=name, severity=float(severity))
-    return engine.cached(parts, lambda: _compute(engine, name, float(severity)), log=True)
+    return engine.cached(
+        parts, lambda: _compute(engine, name, float(severity)), log=True, sharded=True
+    )
 
 
 def _compute(engine: Engine, name: str, severity: float) -> CorruptionEvaluation:

@@ -70,11 +70,13 @@ def evaluate_min_norm(
         norm=norm,
         radius_steps=radius_steps,
         adv_threshold=adv_threshold,
+        **engine.attack_parts(),
     )
     return engine.cached(
         parts,
         lambda: run_min_norm(engine, attack, name, norm, radius_steps, adv_threshold),
         log=True,
+        sharded=True,
     )
 
 
@@ -94,11 +96,12 @@ def run_min_norm(
     pixels_r: list[torch.Tensor] = []
     reached: list[torch.Tensor] = []
     start = time.perf_counter()
-    for b, batch in enumerate(engine.batches()):
+    for batch in engine.batches():
         ctx = attack_context(
-            engine, engine.generator(name, sorted(attack.params.items()), b), counters
+            engine, engine.generator(name, sorted(attack.params.items()), batch.number), counters
         )
-        adv = attack(batch.images, batch.masks, norm=norm, ctx=ctx)
+        with engine.attack_autocast():
+            adv = attack(batch.images, batch.masks, norm=norm, ctx=ctx).float()
         labelled = batch.masks != engine.ignore_index
         with torch.no_grad():
             clean_pred = engine.forward(batch.images, batch.names).argmax(1)

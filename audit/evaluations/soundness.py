@@ -151,7 +151,9 @@ def check_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResul
         with margins.full_float32():
             return run_soundness(engine, params)
 
-    return engine.cached(engine.key_parts("soundness", **dict(params)), compute, log=True)
+    return engine.cached(
+        engine.key_parts("soundness", **dict(params)), compute, log=True, sharded=True
+    )
 
 
 def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
@@ -168,7 +170,8 @@ def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
     artifacts: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     n_images = 0
-    for b, batch in enumerate(engine.batches()):
+    for batch in engine.batches():
+        b = batch.number
         engine.check_radius(threat, batch.images.shape[1:])
         n_images += len(batch.names)
         with torch.no_grad():
@@ -265,12 +268,12 @@ def _scatter(check: AttackCheck, radius: torch.Tensor, empirical: torch.Tensor) 
     if cert.numel() == 0:
         return
     check.tightness.extend((cert / emp.clamp(min=1e-12)).tolist()[:SCATTER_POINTS])
-    room = SCATTER_POINTS - len(check.scatter)
-    if room > 0:
-        step = max(1, cert.numel() // room)
-        check.scatter.extend(
-            zip(cert[::step].tolist()[:room], emp[::step].tolist()[:room], strict=True)
-        )
+    # Each batch's points are drawn without looking at earlier batches, and the list is a
+    # prefix of their concatenation: the same points whichever rank drew which batch.
+    step = max(1, cert.numel() // SCATTER_POINTS)
+    points = zip(cert[::step].tolist(), emp[::step].tolist(), strict=True)
+    check.scatter.extend(points)
+    del check.scatter[SCATTER_POINTS:]
 
 
 def _counterexample(batch: Batch, adv, flipped, margin, lipschitz, eps, attack, radius):

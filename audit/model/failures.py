@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from audit.errors import ModelError
+from audit.errors import ModelError, OutOfDeviceMemory
 
 # torch.export's checks name the input's dimension and the value it was captured with,
 # in one of two wordings depending on how the program was unlifted.
@@ -32,7 +32,9 @@ def model_failure(name: str, shape: Sequence[int], exc: BaseException) -> ModelE
     shown = "x".join(map(str, shape))
     cause = _cause(_last_line(exc), tuple(shape))
     if cause:
-        return ModelError(f"model {name!r} {cause} (torch: {detail}; input batch {shown})")
+        # out of memory keeps its own type: the engine retries it with smaller batches
+        kind = OutOfDeviceMemory if "out of memory" in detail.lower() else ModelError
+        return kind(f"model {name!r} {cause} (torch: {detail}; input batch {shown})")
     return ModelError(
         f"model {name!r} failed on a batch of shape {shown} (N x C x H x W, values in [0, 1]): "
         f"{detail}"

@@ -46,6 +46,10 @@ def merge_worker(recorder: RunRecorder, summary: Mapping[str, Any]) -> None:
         value = summary.get("provenance", {}).get(key)
         if value is not None:
             recorder.provenance.setdefault(key, value)
+    for row in summary.get("provenance", {}).get("memory_retries") or []:
+        rows = recorder.provenance.setdefault("memory_retries", [])
+        if row not in rows:
+            rows.append(row)
     for key, value in (summary.get("evaluations") or {}).items():
         if key in _DERIVED:
             continue

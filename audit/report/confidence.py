@@ -76,9 +76,27 @@ def _platform_rows(results: Mapping[str, Any]) -> list[dict[str, str]]:
         ),
         ("Determinism", _determinism(provenance, env)),
         ("Batch size", fmt_any(provenance.get("batch_size"))),
+        ("Attack precision", fmt_any(provenance.get("attack_precision", "float32"))),
+        ("Processes", _processes(provenance)),
         ("Host", fmt_any(provenance.get("hostname"))),
     ]
     return [{"label": label, "value": value} for label, value in rows]
+
+
+def _processes(provenance: Mapping[str, Any]) -> str:
+    """One process, or the torchrun ranks and the images each covered."""
+    distributed = mapping(provenance.get("distributed"))
+    if not distributed:
+        return "one process"
+    shards = ", ".join(
+        f"rank {fmt_any(s.get('rank'))}: images {fmt_any(s.get('start'))} to "
+        f"{fmt_any(s.get('stop'))}"
+        for s in map(mapping, as_list(distributed.get("shards")))
+    )
+    return (
+        f"{fmt_any(distributed.get('world_size'))} torchrun ranks over "
+        f"{fmt_any(distributed.get('backend'))} ({shards}; stop exclusive)"
+    )
 
 
 def _libraries(provenance: Mapping[str, Any]) -> list[dict[str, str]]:

@@ -107,6 +107,12 @@ def _deviations(results: Mapping[str, Any], listed: Sequence[Mapping[str, Any]])
         origin = threshold_origin(claim)
         if origin["css"] == "override":
             out.append(f"Threshold of {claim_name(index, claim)} overridden: {origin['note']}.")
+    for retry in map(mapping, as_list(provenance.get("memory_retries"))):
+        sizes = ", ".join(fmt_any(s) for s in as_list(retry.get("batch_sizes")))
+        out.append(
+            f"{fmt_any(retry.get('evaluation'))} ran out of device memory and was retried "
+            f"with smaller batches (batch sizes {sizes})."
+        )
     if mapping(provenance.get("trust_pickle")).get("enabled") is True:
         out.append("Pickle trust was on: the model file was allowed to run code when loaded.")
     baseline = mapping(results.get("baseline"))
