@@ -277,3 +277,54 @@ def test_a_timeout_on_one_rank_is_a_timeout_on_every_rank() -> None:
     exc = Outcome.from_bytes(Outcome.failed(timeout).to_bytes("k")).exception(0, "images 0-3")
     assert isinstance(exc, ClaimTimeout)
     assert (exc.budget_s, exc.elapsed_s, exc.progress) == (5.0, 6.5, {"images": 3})
+
+
+def _soundness(counterexample: dict[str, Any] | None, certified: int, points: int) -> Any:
+    import numpy as np
+
+    from audit.evaluations import AttackCheck, SoundnessResult
+
+    check = AttackCheck(
+        "pgd", certified_pixels=certified, flipped_certified=int(counterexample is not None),
+        max_norm=0.1 * certified, scatter=[(float(i), 1.0) for i in range(points)],
+        tightness=[0.5] * points,
+    )  # fmt: skip
+    artifacts = {"input": np.zeros(3)} if counterexample else {}
+    return SoundnessResult(0.1, None, (check,), counterexample, artifacts, None, 2, 1.0)
+
+
+def test_soundness_shards_sum_and_keep_the_first_counterexample_in_image_order() -> None:
+    from audit.evaluations.shards import merge_soundness
+    from audit.evaluations.soundness import SCATTER_POINTS
+
+    first = {"sample": "synthetic-000003", "pixel": [1, 2]}
+    later = {"sample": "synthetic-000006", "pixel": [0, 0]}
+    parts = [_soundness(None, 5, 1500), _soundness(first, 7, 1500), _soundness(later, 1, 10)]
+    merged = merge_soundness(parts, engine=None)
+    (check,) = merged.checks
+    assert (check.certified_pixels, check.flipped_certified) == (13, 2)
+    assert check.max_norm == pytest.approx(0.7)
+    assert merged.counterexample == first and "input" in merged.artifacts
+    assert merged.num_samples == 6
+    # the scatter is the prefix one process keeps, the tightness every ratio
+    assert len(check.scatter) == SCATTER_POINTS and check.scatter[1500] == (0.0, 1.0)
+    assert len(check.tightness) == 3010
+
+
+def test_attack_shards_keep_the_examples_one_process_keeps() -> None:
+    from types import SimpleNamespace
+
+    from audit.evaluations.shards import worst_examples
+
+    # the worst accuracies, an earlier image first on a tie
+    ranks = [
+        SimpleNamespace(examples=(SimpleNamespace(name="a", pixel_accuracy_adv=0.2),)),
+        SimpleNamespace(
+            examples=(
+                SimpleNamespace(name="b", pixel_accuracy_adv=0.1),
+                SimpleNamespace(name="c", pixel_accuracy_adv=0.2),
+            )
+        ),
+    ]
+    assert [e.name for e in worst_examples(ranks, 3)] == ["b", "a", "c"]
+    assert [e.name for e in worst_examples(ranks, 2)] == ["b", "a"]

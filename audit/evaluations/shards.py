@@ -65,10 +65,16 @@ def merge_clean(parts: Sequence[CleanEvaluation], engine: Any) -> CleanEvaluatio
     )
 
 
+def worst_examples(parts: Sequence[Any], limit: int) -> tuple[Any, ...]:
+    """The ``limit`` examples with the lowest accuracy under attack over every rank's.
+
+    One process keeps the lowest, the earlier image on a tie; a stable sort of the ranks'
+    picks (each rank's already in that order, the ranks in image order) keeps the same.
+    """
+    return tuple(sorted(_cat(parts, "examples"), key=lambda e: e.pixel_accuracy_adv)[:limit])
+
+
 def merge_attack(parts: Sequence[AttackEvaluation], engine: Any) -> AttackEvaluation:
-    # One process keeps the lowest accuracies under attack, the earlier image on a tie; a
-    # stable sort of the ranks' picks (each already in that order) keeps the same ones.
-    worst = sorted(_cat(parts, "examples"), key=lambda e: e.pixel_accuracy_adv)
     health = GradientHealth(
         **{
             f.name: sum(getattr(p.gradients, f.name) for p in parts)
@@ -88,7 +94,7 @@ def merge_attack(parts: Sequence[AttackEvaluation], engine: Any) -> AttackEvalua
             "object_sizes",
             "winners",
         ),
-        examples=tuple(worst[: engine.attack_examples]),
+        examples=worst_examples(parts, engine.attack_examples),
         gradients=health,
         backward_passes=_sum(parts, "backward_passes"),
     )
