@@ -11,8 +11,8 @@ the relaxation.  Each image has its own perturbation and its own budget ``B``.
 
 Shapes.  ``logits`` N x K x H x W (float32/float64, cast to float64 here), ``labels``
 N x H x W, ``eps_grid`` a 1-D sequence of E epsilons in [0, 1] pixel space.  Every curve over
-the grid comes from one forward pass and one sort per image (per class for IoU): the grid is
-answered by ``searchsorted`` on cumulative costs.
+the grid comes from one forward pass and one sort per image (for IoU, of the costs that fit
+the largest budget, all classes at once): the grid is answered by searching cumulative costs.
 
 Aggregation (the pitfall of reference section 3).  Certified pixel accuracy counts are
 additive: a per-image lower bound on correct pixels sums to a lower bound on the dataset's.
@@ -22,14 +22,16 @@ case for one image depends on the others' denominators.  Use
 :func:`mean_per_image_iou_lower_bound` (a different metric, averaged per image) or
 :func:`dataset_iou_lower_bound` (the dataset IoU's exact minimum by bisection on lambda).
 
-No per-pixel Python loops; per-class loops over K.  Works on any device; only shape sizes
-and final scalars leave it.
+No Python loops over pixels or classes.  Works on any device; only shape sizes and final
+scalars leave it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -53,6 +55,10 @@ EpsGrid = float | Sequence[float] | torch.Tensor
 
 #: unit roundoff of float64, for the bisection's rounding slack
 _UNIT_ROUNDOFF = 2.0**-53
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+#: given a cost per group, the (group, cost) of at least all costs up to it
+Selector = Callable[[torch.Tensor], Pair]
 
 
 def _grid(eps_grid: EpsGrid, lipschitz: float, kappa: float, device: torch.device) -> torch.Tensor:
@@ -80,11 +86,9 @@ def _labelled_costs(
     budget = _grid(eps_grid, lipschitz, kappa, logits.device)
     pred, cost = flip_costs(logits)
     num_classes = logits.shape[1]
-    keep = (
-        torch.ones_like(labels, dtype=torch.bool)
-        if ignore_index is None
-        else labels != ignore_index
-    )
+    keep = torch.ones_like(labels, dtype=torch.bool)
+    if ignore_index is not None:
+        keep = labels != ignore_index
     bad = keep & ((labels < 0) | (labels >= num_classes))
     if bool(bad.any()):
         values = sorted(set(labels[bad].unique().tolist()))
@@ -99,12 +103,6 @@ def _counted(cost: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     if mask.shape != cost.shape:
         raise ValueError(f"mask shape {tuple(mask.shape)} != {tuple(cost.shape)}")
     return mask.reshape(cost.shape[0], -1)
-
-
-def _pad_flips(flips: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``f(t)`` tables padded to the widest along ``t`` with -1 (unaffordable)."""
-    width = max(f.shape[-1] for f in flips)
-    return [torch.nn.functional.pad(f, (0, width - f.shape[-1]), value=-1) for f in flips]
 
 
 def _prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
@@ -215,32 +213,49 @@ class IoUProfile:
     """Everything the joint-budget attacker can do to each image's IoU, per epsilon and class.
 
     For class k of image i, the attacker breaks ``t`` true positives (cheapest first, each
-    becomes a false negative) and spends what remains of ``B`` on turning the cheapest true
-    negatives into false positives.  ``flips[i, e, k, t]`` is that largest number of new false
-    positives, ``f(t)``, at ``eps[e]``; ``-1`` where breaking ``t`` true positives alone is
-    unaffordable (or ``t`` exceeds them).  ``t = 0`` is always affordable.  Other moves
-    (removing a false positive, repairing a false negative) only raise IoU and are left out.
+    becomes a false negative) and spends the rest of ``B`` turning the cheapest true
+    negatives into false positives, ``f(t)`` of them, for ``t`` from 0 (always affordable) to
+    the most ``B`` can break.  Other moves only raise IoU.  The attacked IoU after choice
+    ``t`` is ``(tp - t) / (tp + fp + fn + f(t))``.
 
-    The attacked IoU after choice ``t`` is ``(tp - t) / (tp + fp + fn + f(t))``.  Profiles of
-    batches concatenate along images (:meth:`cat`); keeping them, not per-image minima, is what
-    lets :func:`dataset_iou_lower_bound` solve the dataset-level problem exactly.
-
-    Memory: ``N x E x K x M`` int64, ``M - 1`` the most true positives of one class that the
-    largest budget can break in one image.  Small for robust models at small epsilons; for
-    large budgets on large images it grows with the image.
+    Kept: ``t`` where ``f(t + 1) < f(t)``, and the last affordable ``t`` (where ``f(t + 1) =
+    f(t)``, ``t + 1`` has a smaller numerator, same denominator, so no IoU minimum takes
+    ``t``).  Image i, epsilon e, class k owns ``choices[i, e, k]`` consecutive ``steps``
+    (``t``, ascending) and ``flips`` (``f(t)``, the first ``f(0)``), in ``choices.flatten()``
+    order.  Batches concatenate along images (:meth:`cat`); keeping them, not per-image
+    minima, lets :func:`dataset_iou_lower_bound` solve the dataset-level problem exactly.
     """
 
     tp: torch.Tensor  #: N x K int64, clean true positives (labelled pixels only)
     fn: torch.Tensor  #: N x K int64, clean false negatives
     fp: torch.Tensor  #: N x K int64, clean false positives
     labelled: torch.Tensor  #: N int64, labelled pixels per image
-    flips: torch.Tensor  #: N x E x K x M int64, f(t); -1 where t is unaffordable
+    choices: torch.Tensor  #: N x E x K int64, undominated choices kept (>= 1)
+    steps: torch.Tensor  #: C int64, true positives broken, ``t``
+    flips: torch.Tensor  #: C int64, new false positives affordable after them, ``f(t)``
     eps: torch.Tensor  #: E float64
 
     @property
     def base(self) -> torch.Tensor:
         """Clean IoU denominators ``tp + fp + fn``, N x K."""
         return self.tp + self.fp + self.fn
+
+    @functools.cached_property
+    def _group(self) -> torch.Tensor:
+        """Which (image, epsilon, class) group each choice belongs to, C int64."""
+        sizes = self.choices.reshape(-1)
+        return torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes)
+
+    @functools.cached_property
+    def _bounds(self) -> dict[float, torch.Tensor]:
+        """:func:`dataset_iou_lower_bound` per ``tol``: claims ask for it item by item.  Not a
+        field, so neither equality nor the store (:mod:`audit.store`) sees it."""
+        return {}
+
+    def _per_choice(self, table: torch.Tensor) -> torch.Tensor:
+        """An N x K table's entry for each choice's image and class, C."""
+        k, group = self.tp.shape[1], self._group
+        return table.reshape(-1)[group // (self.eps.numel() * k) * k + group % k]
 
     @classmethod
     def cat(cls, profiles: Sequence[IoUProfile]) -> IoUProfile:
@@ -253,33 +268,155 @@ class IoUProfile:
                 raise ValueError("profiles use different epsilon grids")
             if p.tp.shape[1] != first.tp.shape[1]:
                 raise ValueError("profiles have different numbers of classes")
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "eps"]
         return cls(
-            tp=torch.cat([p.tp for p in profiles]),
-            fn=torch.cat([p.fn for p in profiles]),
-            fp=torch.cat([p.fp for p in profiles]),
-            labelled=torch.cat([p.labelled for p in profiles]),
-            flips=torch.cat(_pad_flips([p.flips for p in profiles])),
-            eps=first.eps,
+            **{a: torch.cat([getattr(p, a) for p in profiles]) for a in names}, eps=first.eps
         )
 
     def worst_case_counts(self) -> torch.Tensor:
         """Per image the attacked ``(tp, tp + fp + fn)`` pair of least IoU, N x E x K x 2.
 
-        Exact for the budget model: every affordable ``t`` is tried (vectorised) with its best
-        ``f(t)``.  ``(0, 0)`` where the class is absent from the image's labels and prediction
-        and cannot be made to appear.  These pairs must NOT be summed over images to bound a
-        dataset IoU (module docstring); see :func:`dataset_iou_lower_bound`.
+        Exact for the budget model: every kept ``t`` is tried, the smallest on ties.  ``(0,
+        0)`` where the class is absent from the image's labels and prediction and cannot be
+        made to appear.  Never sum these pairs over images to bound a dataset IoU (module
+        docstring): see :func:`dataset_iou_lower_bound`.
         """
-        steps = torch.arange(self.flips.shape[-1], device=self.flips.device)
-        tp = self.tp[:, None, :, None]
-        num = tp - steps
-        den = self.base[:, None, :, None] + self.flips
-        usable = (self.flips >= 0) & (den > 0)
-        ratio = torch.where(usable, num.double() / den.clamp(min=1).double(), math.inf)
-        best = ratio.argmin(dim=-1, keepdim=True)
-        pair_num = num.expand_as(den).gather(-1, best).squeeze(-1)
-        pair_den = den.gather(-1, best).squeeze(-1)
-        return torch.stack([pair_num, pair_den], dim=-1)
+        num = self._per_choice(self.tp) - self.steps
+        den = self._per_choice(self.base) + self.flips
+        ratio = torch.where(den > 0, num.double() / den.clamp(min=1).double(), math.inf)
+        best = _first_best(ratio, self._group, self.choices.numel(), largest=False)
+        return torch.stack([num[best], den[best]], dim=-1).reshape(*self.choices.shape, 2)
+
+
+def _first_best(x: torch.Tensor, group: torch.Tensor, groups: int, largest: bool) -> torch.Tensor:
+    """Per group (every one non-empty), the index of its first largest (or least) ``x``."""
+    reduce = "amax" if largest else "amin"
+    best = x.new_zeros(groups).scatter_reduce(0, group, x, reduce, include_self=False)
+    index = torch.where(x == best[group], torch.arange(x.numel(), device=x.device), x.numel())
+    return index.new_zeros(groups).scatter_reduce(0, group, index, "amin", include_self=False)
+
+
+def _cheapest_sums(select: Selector, guess: torch.Tensor, limit: torch.Tensor) -> Pair:
+    """Per group, the running sums of its costs sorted ascending while ``<= limit`` (all
+    groups' one after the other) and their number.  ``select(theta)`` gives the (group, cost)
+    of at least every cost of group g ``<= theta[g]``, ``guess`` the first ``theta``.  Each
+    sum is the one a sequential ``cumsum`` of the group's whole sorted row gives (a prefix
+    does not depend on what follows), yet only costs up to ``theta`` are sorted; a group
+    whose sums all fit is done again up to ``limit``, as its prefix may go on."""
+    groups, guess = guess.numel(), guess.double()
+    theta = torch.where(guess < limit, guess, limit)  # a NaN guess falls back to the limit
+    while True:
+        group, cost = select(theta)
+        inside = cost <= theta[group]
+        group, cost = group[inside], cost[inside]
+        order = cost.argsort()
+        order = order[group[order].argsort(stable=True)]
+        group, cost = group[order], cost[order]
+        size = torch.bincount(group, minlength=groups)
+        rank = torch.arange(group.numel(), device=group.device) - (size.cumsum(0) - size)[group]
+        # rows of similar length share a padded table: work in proportion to the costs
+        band = size.clamp(min=1).double().log2().ceil().long().masked_fill(size == 0, -1)
+        sums = torch.empty_like(cost)
+        for b in band[size > 0].unique().tolist():
+            row = (band == b).long().cumsum(0) - 1
+            member = (band == b)[group].nonzero().squeeze(1)
+            at = (row[group[member]], rank[member])
+            table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
+            table[at] = cost[member]
+            sums[member] = table.cumsum(1)[at]
+        count = torch.bincount(group[sums <= limit], minlength=groups)
+        short = (count == size) & (theta < limit)
+        if not bool(short.any()):
+            return sums[sums <= limit], count
+        theta = torch.where(short, limit, theta)
+
+
+def _histogram_guess(
+    group: torch.Tensor, cost: torch.Tensor, groups: int, limit: torch.Tensor
+) -> torch.Tensor:
+    """Per group, the end of the first bin by which its costs add up to more than ``limit``.
+    Bins are even in ``sqrt(cost)``: cheap costs are dense (margins spread evenly)."""
+    bins = 512
+    level = (cost / max(float(limit), 1e-300)).sqrt().mul(bins).clamp(max=bins - 1).long()
+    # index_add_, not a weighted bincount: CUDA has a deterministic one
+    hist = cost.new_zeros(groups * bins).index_add_(0, group * bins + level, cost)
+    over = hist.reshape(groups, bins).cumsum(1) > limit
+    last = torch.where(over.any(1), over.int().argmax(1), bins - 1)
+    return limit * ((last + 1).double() / bins).square()
+
+
+def _topk_guess(gaps: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
+    """Per row of gaps, the cost ``gap^2 / 2`` by which the cheapest add up to more than
+    ``limit``, from the smallest few (more where those do not add up); else ``limit``."""
+    theta = torch.full(gaps.shape[:1], float(limit), dtype=torch.float64, device=gaps.device)
+    todo, m = torch.arange(gaps.shape[0], device=gaps.device), 1024
+    while True:
+        m = min(m, gaps.shape[1])
+        rows = gaps if todo.numel() == gaps.shape[0] else gaps[todo]
+        cost = rows.topk(m, dim=1, largest=False).values.double().square() / 2
+        over = cost.cumsum(1) > limit
+        hit = over.any(1)
+        first = cost[hit].gather(1, over[hit].int().argmax(1, keepdim=True))[:, 0]
+        theta[todo[hit]] = first * (1 + 1e-4)  # the float64 cost may round above the guess
+        todo, cost = todo[~hit], cost[~hit]
+        if m == gaps.shape[1] or not todo.numel():
+            return theta
+        # sums of the cheapest k grow about as k^3 (costs as gap^2, gaps spread evenly)
+        grow = float((limit / cost.sum(1).clamp(min=1e-300)).max()) ** (1 / 3)
+        m = int(m * min(16.0, max(2.0, 1.25 * grow)))
+
+
+def _count_at_most(
+    sums: torch.Tensor, count: torch.Tensor, group: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """For each ``values[j]``, how many of group ``group[j]``'s ``sums`` (laid out as
+    :func:`_cheapest_sums` returns them) are ``<= values[j]``: one 1-D ``searchsorted`` on
+    (group, rank of the value) keys, exact for floats."""
+    start = count.cumsum(0) - count
+    owner = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
+    _, rank = torch.unique(torch.cat([sums, values]), sorted=True, return_inverse=True)
+    scale = sums.numel() + values.numel() + 1
+    keys = owner * scale + rank[: sums.numel()]
+    queries = group * scale + rank[sums.numel() :]
+    return torch.searchsorted(keys, queries, right=True) - start[group]
+
+
+def _join_costs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    pred: torch.Tensor,
+    keep: torch.Tensor,
+    limit: torch.Tensor,
+) -> tuple[Selector, torch.Tensor]:
+    """For :func:`_cheapest_sums`, true negatives of class k joining it at ``(max_j z_j -
+    z_k)^2 / 2`` (N x P ``labels``, ``pred``, ``keep``): a selector and a first guess.  Only
+    gaps that pass a test in the logits' precision get a float64 cost, computed as the
+    per-class sort did.  A cost ``<= theta`` has a real gap ``<= sqrt(2 theta) (1 + 2^-50)``
+    and rounding is monotone, so the rounded gap against the rounded bound loses none (``1 +
+    1e-5`` is slack; ``1e-150`` keeps gaps whose square underflows).  Non-finite gaps pass.
+    """
+    n, k = logits.shape[:2]
+    z = logits.detach()
+    z = (z if z.dtype == torch.float32 else z.to(torch.float64)).reshape(n, k, -1)
+    top = z.amax(dim=1, keepdim=True)
+    gap, pixels = top - z, z.shape[-1]
+    # no pixel joins its predicted or true class, nor an ignored one: far gaps keep them out
+    # of the guess and of the selection (which checks again, for huge budgets)
+    gap.scatter_(1, pred.unsqueeze(1), 1e37)
+    gap.scatter_(1, torch.where(keep, labels, pred).unsqueeze(1), 1e37)
+    gap.masked_fill_(~keep.unsqueeze(1), 1e37)
+
+    def select(theta: torch.Tensor) -> Pair:
+        bound = ((2 * theta).sqrt() * (1 + 1e-5) + 1e-150).to(gap.dtype).view(n, k, 1)
+        where = (~((gap > bound) & (gap < 1e38))).reshape(-1).nonzero().squeeze(1)
+        flat, cls = where // (k * pixels) * pixels + where % pixels, where // pixels % k
+        tn = keep.reshape(-1)[flat] & (labels.reshape(-1)[flat] != cls)
+        tn &= pred.reshape(-1)[flat] != cls
+        where, flat = where[tn], flat[tn]
+        cost = (top.reshape(-1)[flat].double() - z.reshape(-1)[where].double()).square() / 2
+        return where // pixels, torch.where(torch.isfinite(cost), cost, 0.0)
+
+    return select, _topk_guess(gap.reshape(n * k, pixels), limit)
 
 
 def iou_profile(
@@ -291,46 +428,53 @@ def iou_profile(
     ignore_index: int | None = 255,
     kappa: float = DEFAULT_KAPPA,
 ) -> IoUProfile:
-    """Build the :class:`IoUProfile` of a batch: one sort per class and image, all epsilons.
+    """Build the :class:`IoUProfile` of a batch: one pass over the logits, all epsilons.
 
     Costs (reference section 3), per class k over labelled pixels: a true positive leaves k
     at ``(z_k - max_{j != k} z_j)^2 / 2`` (its own ``m^2 / 2``); a true negative becomes k at
-    ``(max_{j != k} z_j - z_k)^2 / 2``.  These are least squared output displacements, so the
-    profile's attacker is at least as strong as any real one within ``eps``.
+    ``(max_{j != k} z_j - z_k)^2 / 2``: least squared output displacements, so the profile's
+    attacker is at least as strong as any real one within ``eps``.  Only the cheapest costs
+    that fit the largest budget are sorted, the break costs of all classes together.
     """
     budget, pred, cost, keep = _labelled_costs(
         logits, labels, lipschitz, eps_grid, ignore_index, kappa
     )
-    num_classes = logits.shape[1]
-    n, e = logits.shape[0], budget.numel()
-    z = logits.detach().to(torch.float64).reshape(n, num_classes, -1)
-    top = z.amax(dim=1)
+    k, (n, e) = logits.shape[1], (logits.shape[0], budget.numel())
+    groups, device = n * k, logits.device
+    limit = budget.max() if e else budget.new_zeros(())
     pred, cost, keep = pred.reshape(n, -1), cost.reshape(n, -1), keep.reshape(n, -1)
-    labels = labels.reshape(n, -1)
-    tps, fns, fps, per_class = [], [], [], []
-    for k in range(num_classes):
-        truth, said = keep & (labels == k), keep & (pred == k)
-        tp, tn = truth & said, keep & ~truth & ~said
-        tps.append(tp.sum(1))
-        fns.append((truth & ~said).sum(1))
-        fps.append((keep & ~truth & said).sum(1))
-        gain = (top - z[:, k]).square() / 2
-        gain = torch.where(torch.isfinite(gain), gain, 0.0)
-        breaks = torch.where(tp, cost, math.inf).sort(1).values.cumsum(1)
-        joins = torch.where(tn, gain, math.inf).sort(1).values.cumsum(1).contiguous()
-        affordable = torch.searchsorted(breaks, budget.expand(n, e).contiguous(), right=True)
-        width = int(affordable.max().item()) + 1 if n else 1
-        spent = torch.cat([torch.zeros_like(breaks[:, :1]), breaks[:, : width - 1]], dim=1)
-        left = budget.view(1, e, 1) - spent.view(n, 1, width)
-        f = torch.searchsorted(joins, left.reshape(n, -1).contiguous(), right=True)
-        per_class.append(torch.where(left >= 0, f.reshape(n, e, width), -1))
+    labels = labels.reshape(n, -1).long()
+    image = torch.arange(n, device=device).unsqueeze(1) * k
+    hit = keep & (labels == pred)
+    held, cost = (image + pred)[hit], cost[hit]
+    tp, truth, said = (
+        torch.bincount(i, minlength=groups).reshape(n, k)
+        for i in (held, (image + labels)[keep], (image + pred)[keep])
+    )
+    guess = _histogram_guess(held, cost, groups, limit)
+    breaks, broken = _cheapest_sums(lambda _: (held, cost), guess, limit)
+    joins, joined = _cheapest_sums(*_join_costs(logits, labels, pred, keep, limit), limit)
+    # t_max per (image, class, epsilon), then every affordable t, grouped (image, eps, class)
+    each = torch.arange(groups, device=device).repeat_interleave(e)
+    most = _count_at_most(breaks, broken, each, budget.repeat(groups))
+    most = most.reshape(n, k, e).transpose(1, 2).reshape(-1)
+    group = torch.repeat_interleave(torch.arange(most.numel(), device=device), most + 1)
+    start = (most + 1).cumsum(0) - (most + 1)
+    t = torch.arange(group.numel(), device=device) - start[group]
+    owner = group // (e * k) * k + group % k
+    spent = torch.cat([budget.new_zeros(1), breaks])
+    spent = spent[torch.where(t > 0, (broken.cumsum(0) - broken)[owner] + t, 0)]
+    f = _count_at_most(joins, joined, owner, budget[group // k % e] - spent)
+    keep_choice = (t == most[group]) | (torch.cat([f[1:], f[-1:]]) < f)
     return IoUProfile(
-        tp=torch.stack(tps, 1),
-        fn=torch.stack(fns, 1),
-        fp=torch.stack(fps, 1),
+        tp=tp,
+        fn=truth - tp,
+        fp=said - tp,
         labelled=keep.sum(1),
-        flips=torch.stack(_pad_flips(per_class), dim=2),
-        eps=torch.as_tensor(eps_grid, dtype=torch.float64, device=logits.device).reshape(-1),
+        choices=torch.bincount(group[keep_choice], minlength=most.numel()).reshape(n, e, k),
+        steps=t[keep_choice],
+        flips=f[keep_choice],
+        eps=torch.as_tensor(eps_grid, dtype=torch.float64, device=device).reshape(-1),
     )
 
 
@@ -374,12 +518,11 @@ def mean_per_image_iou_lower_bound(worst_counts: torch.Tensor) -> torch.Tensor:
 def _best_choice(profile: IoUProfile, lam: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per image, the attacker's choice minimising ``tp' - lam * den'``: it maximises
     ``t + lam * f(t)``.  Returns the summed ``(tp', den')`` over images, E x K float64."""
-    steps = torch.arange(profile.flips.shape[-1], device=lam.device, dtype=torch.float64)
-    gain = steps + lam[None, :, :, None] * profile.flips.double()
-    gain = torch.where(profile.flips >= 0, gain, -math.inf)
-    t = gain.argmax(dim=-1, keepdim=True)
-    f = profile.flips.gather(-1, t).squeeze(-1)
-    num = (profile.tp[:, None, :] - t.squeeze(-1)).double().sum(0)
+    group, shape = profile._group, profile.choices.shape
+    gain = profile.steps.double() + lam.reshape(-1)[group % lam.numel()] * profile.flips.double()
+    best = _first_best(gain, group, profile.choices.numel(), largest=True)
+    t, f = profile.steps[best].reshape(shape), profile.flips[best].reshape(shape)
+    num = (profile.tp[:, None, :] - t).double().sum(0)
     den = (profile.base[:, None, :] + f).double().sum(0)
     return num, den
 
@@ -394,15 +537,20 @@ def dataset_iou_lower_bound(profile: IoUProfile, *, tol: float = 1e-6) -> torch.
     fractional problem (Dinkelbach's parametrisation).  The result is the infeasible end of
     the final bracket (width <= ``tol``) minus a float64 rounding slack, so it never exceeds
     the true minimum.  A class absent from every image's labels gets 0 if it can be made to
-    appear somewhere and NaN if it cannot (its IoU is then undefined).
+    appear somewhere and NaN if it cannot (its IoU is then undefined).  Solved once per
+    profile and ``tol``, for every epsilon and class together, and remembered.
     """
     if not 0.0 < tol < 1.0:
         raise ValueError(f"tol must lie in (0, 1), got {tol!r}")
-    shape = (profile.flips.shape[1], profile.flips.shape[2])
-    device = profile.flips.device
+    if tol not in profile._bounds:
+        profile._bounds[tol] = _solve_dataset_bound(profile, tol)
+    return profile._bounds[tol].clone()
+
+
+def _solve_dataset_bound(profile: IoUProfile, tol: float) -> torch.Tensor:
+    shape, device = tuple(profile.choices.shape[1:]), profile.choices.device
     support = (profile.tp + profile.fn).double().sum(0).expand(shape)
-    lo = torch.zeros(shape, dtype=torch.float64, device=device)
-    hi = torch.ones(shape, dtype=torch.float64, device=device)
+    lo, hi = (torch.full(shape, v, dtype=torch.float64, device=device) for v in (0.0, 1.0))
     num, _ = _best_choice(profile, lo)
     zero = num <= 0
     for _ in range(math.ceil(math.log2(1.0 / tol))):
@@ -413,7 +561,9 @@ def dataset_iou_lower_bound(profile: IoUProfile, *, tol: float = 1e-6) -> torch.
         lo = torch.where(feasible, lo, mid)
     slack = 8 * _UNIT_ROUNDOFF * (profile.labelled.double().sum() + 1) / support.clamp(min=1)
     bound = torch.where(zero, 0.0, (lo - slack).clamp(min=0.0))
-    appears = ((profile.fp[:, None, :] > 0) | (profile.flips[..., 0] > 0)).any(0)
+    sizes = profile.choices.reshape(-1)
+    joinable = profile.flips[sizes.cumsum(0) - sizes].reshape(profile.choices.shape)
+    appears = ((profile.fp[:, None, :] > 0) | (joinable > 0)).any(0)
     absent = torch.where(appears, 0.0, math.nan)
     return torch.where(support > 0, bound, absent)
 
