@@ -14,6 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+# Imported here, before any in-process pytester run: those runs drop the modules they first
+# imported when they end, and a later run that imported Hypothesis afresh beside the parts
+# that stayed would hold two SearchStrategy classes ("Expected SearchStrategy but got ...").
+import audit.evaluations  # noqa: F401
 from audit.errors import InvalidRecord
 from audit.schema import validate_record
 

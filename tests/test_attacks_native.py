@@ -138,3 +138,28 @@ def test_arnab_schedule_and_projection() -> None:
     far = torch.ones(1, 3, 2, 2)
     l2 = project(far, x, ThreatModel("l2", parse_epsilon(0.5)))
     assert float(l2.flatten().norm()) == pytest.approx(0.5)
+
+
+def test_pgd_stops_once_every_pixel_aimed_at_is_flipped(setup) -> None:
+    import dataclasses
+
+    conv, images, labels = setup
+    # aim at pixels comfortably within reach only, as the soundness checks aim at theirs
+    flippable = exact_flippable(conv, images, 6 / 255)
+    aimed = torch.where(flippable, labels, torch.full_like(labels, 255))
+    threat = ThreatModel("linf", parse_epsilon("16/255"))
+    steps: list[int] = []
+    ctx = dataclasses.replace(
+        context(conv), on_step=lambda done, total: steps.append(done), stop_when_all_flipped=True
+    )
+    adv = PGD(steps=50)(images, aimed, threat=threat, ctx=ctx)
+    with torch.no_grad():
+        pred = conv(adv).argmax(1)
+    assert bool((pred != labels)[flippable].all())  # every aimed-at pixel flipped ...
+    assert 0 < len(steps) < 50  # ... and the attack stopped there
+    # without the stop, the same attack runs every step
+    steps.clear()
+    PGD(steps=50)(
+        images, aimed, threat=threat, ctx=dataclasses.replace(ctx, stop_when_all_flipped=False)
+    )
+    assert len(steps) == 50

@@ -163,6 +163,12 @@ def test_a_model_lying_about_its_constant_fails_with_a_counterexample_and_its_tw
         "--audit", str(twin(tmp_path, 1.0)), "--audit-suite", "lie.toml", "--audit-data", data
     )
     honest.assert_outcomes(passed=3)
+    honest_record = json.loads((pytester.path / "audit-report" / "results.json").read_text())
+    (sound,) = [c for c in honest_record["claims"] if c["id"] == "soundness"]
+    pgd = next(c for c in sound["evidence"]["checks"] if c["attack"] == "pgd")
+    # the true constant bounds every margin drop (no pixel is certified at this radius here,
+    # so there may be none to measure)
+    assert pgd["margin_use_max"] is None or pgd["margin_use_max"] <= 1 + 1e-6
     liar = run_audit(
         "--audit",
         str(twin(tmp_path, 5.0)),
@@ -187,6 +193,9 @@ def test_a_model_lying_about_its_constant_fails_with_a_counterexample_and_its_tw
     claims = {c["id"]: c for c in record["claims"]}
     evidence = claims["soundness"]["evidence"]
     assert evidence["counterexample"]["pixel"] and evidence["counterexample"]["lipschitz"] == 1.0
+    # margins fell faster than the claimed constant allows: the lie shows in the power measure
+    pgd = next(c for c in evidence["checks"] if c["attack"] == "pgd")
+    assert pgd["margin_use_max"] > 1.05
     for name in ("input", "perturbation", "falsifying_x", "falsifying_y"):
         assert (pytester.path / "liar-report" / evidence["files"][name]).is_file()
     assert claims["lipschitz"]["evidence"]["lower_bound"] > 1.01

@@ -146,3 +146,25 @@ def test_resolve_device() -> None:
 def test_colour_net_fixture_is_per_pixel() -> None:
     net = ColourNet()
     assert net(torch.rand(1, 3, 8, 8)).shape == (1, 8, 8, 8)
+
+
+def test_the_noise_baseline_of_a_grid_is_one_pass_and_equals_separate_runs(
+    tiny_model: Path,
+) -> None:
+    from audit.evaluations import evaluate_noise
+    from audit.threat import ThreatModel, parse_epsilon
+
+    def _engine(model: Path, **kwargs) -> Engine:
+        return Engine(load_model(model), open_dataset("synthetic?n=5&size=32x64"), **kwargs)
+
+    grid = [ThreatModel("linf", parse_epsilon(f"{k}/255")) for k in (1, 2, 4, 8)]
+    shared = _engine(tiny_model, batch_size=8)
+    first = evaluate_noise(shared, grid[0], sweep=grid)
+    # 5 images in one batch: one clean pass and one per epsilon, not two per epsilon
+    assert first.forward_passes == 1 + len(grid) and first.shared_by == len(grid)
+    alone = _engine(tiny_model, batch_size=8)
+    for threat in grid:
+        together, apart = evaluate_noise(shared, threat), evaluate_noise(alone, threat)
+        assert torch.equal(together.per_image, apart.per_image)
+        assert torch.equal(together.l2, apart.l2)
+    assert shared.forward_passes == 1 + len(grid) and alone.forward_passes == 2 * len(grid)

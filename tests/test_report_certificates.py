@@ -114,6 +114,8 @@ def soundness_entry() -> dict[str, Any]:
                 "max_perturbation_norm": 0.1,
                 "scatter": [],
                 "tightness_median": None,
+                "margin_use_median": 0.42,
+                "margin_use_max": 0.97,
             },
             {
                 "attack": "advlib:pdpgd",
@@ -396,7 +398,9 @@ def test_soundness_table_marks_flipped_certified_pixels(report_dir: Path) -> Non
     table = table[: table.index("</table>")]
     rows = re.findall(r"<tr[^>]*>.*?</tr>", table[table.index("<tbody>") :], flags=re.S)
     pgd, pdpgd = rows
-    assert strip_tags(pgd).split() == ["pgd", "1,234", "2", "20,000", "0", "0.1", "n/a"]
+    assert strip_tags(pgd).split() == [
+        "pgd", "1,234", "2", "20,000", "0", "0.1", "n/a", "42%", "/", "97%"
+    ]  # fmt: skip
     assert strip_tags(pdpgd).split() == [
         "advlib:pdpgd",
         "1,234",
@@ -405,6 +409,7 @@ def test_soundness_table_marks_flipped_certified_pixels(report_dir: Path) -> Non
         "1",
         "0.0998",
         "0.4",
+        "n/a",  # an older record: no margin use
     ]
     assert re.search(r'<td class="num cert-bad">2</td>', pgd)
     assert "cert-bad" not in re.findall(r"<td[^>]*>", pgd)[4]  # metric violations 0

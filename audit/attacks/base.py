@@ -38,6 +38,17 @@ class AttackContext:
     #: called by an ensemble with the member that won each image of the batch, in batch
     #: order, so the evaluation can record which member found each worst case
     on_winners: Callable[[list[str]], None] = lambda members: None
+    #: stop iterating once every labelled pixel of every image is misclassified: nothing is
+    #: left to find (the soundness checks, whose labels are the pixels they aim at)
+    stop_when_all_flipped: bool = False
+
+
+def all_flipped(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None) -> bool:
+    """Whether every labelled pixel of the batch is predicted as another class."""
+    wrong = logits.argmax(1) != labels
+    if ignore_index is not None:
+        wrong |= labels == ignore_index
+    return bool(wrong.all())
 
 
 class Attack(ABC):

@@ -15,6 +15,7 @@ from audit.attacks.base import (
     Attack,
     AttackContext,
     LossFn,
+    all_flipped,
     ce,
     input_gradient,
     l2_normalise,
@@ -157,7 +158,9 @@ class PGD(Attack):
             if self.params["random_start"]:
                 adv = project(random_start(images, threat, ctx.generator), images, threat)
             for t in range(steps):
-                grad, _ = input_gradient(adv, labels, ctx, self.loss(ctx, t, steps))
+                grad, logits = input_gradient(adv, labels, ctx, self.loss(ctx, t, steps))
+                if ctx.stop_when_all_flipped and all_flipped(logits, labels, ctx.ignore_index):
+                    break  # this iterate already flips every pixel aimed at
                 adv = project(adv + step_size * _step(grad, threat.norm), images, threat)
                 ctx.on_step(t + 1, steps)
             return adv
@@ -197,6 +200,19 @@ class RandomNoise(Attack):
 
     name = "noise"
     family = "random"
+    # one clean pass per batch for the whole grid, and one draw: every epsilon scales the
+    # same direction, so the baseline's curve is not jagged by resampling
+    shares_grid = True
+
+    def grid(self, images, labels, threats, ctx):
+        # each epsilon starts from the same generator state: the draw a run at that epsilon
+        # alone makes, so a grid's results equal separate runs' bit for bit
+        state = ctx.generator.get_state()
+        advs = []
+        for threat in threats:
+            ctx.generator.set_state(state)
+            advs.append(self(images, labels, threat=threat, ctx=ctx))
+        return advs
 
     def run(self, images, labels, *, threat, ctx):
         gen = ctx.generator

@@ -106,9 +106,11 @@ def measure_soundness(spec: ClaimSpec, engine: Engine) -> Measurement:
         artifacts["falsifying_y"] = result.falsified.y.cpu().numpy()
     parts = []
     for c in result.checks:
+        used = c.to_dict()["margin_use_median"]
         parts.append(
             f"{c.attack}: {c.flipped_certified} of {c.certified_pixels} certified pixels "
             f"flipped, {c.metric_violations} images below the certified accuracy"
+            + (f", {used:.0%} of the allowed margin drop used (median)" if used else "")
         )
     where = ""
     if result.counterexample:

@@ -339,9 +339,12 @@ def evaluate_attack(
     )
 
 
-def evaluate_noise(engine: Engine, threat: ThreatModel) -> AttackEvaluation:
-    """Random noise of the same norm and size: the baseline an attack must beat."""
-    return evaluate_attack(engine, "noise", {}, threat)
+def evaluate_noise(
+    engine: Engine, threat: ThreatModel, *, sweep: Sequence[ThreatModel] = ()
+) -> AttackEvaluation:
+    """Random noise of the same norm and size: the baseline an attack must beat.  The
+    epsilons of ``sweep`` not computed yet share the pass (and the random direction)."""
+    return evaluate_attack(engine, "noise", {}, threat, sweep=sweep)
 
 
 def noise_key(engine: Engine, threat: ThreatModel) -> dict[str, Any]:

@@ -150,6 +150,8 @@ def merge_soundness(parts: Sequence[SoundnessResult], engine: Any) -> SoundnessR
                 # a prefix of the batches' points, whichever rank drew them
                 scatter=[point for c in same for point in c.scatter][:SCATTER_POINTS],
                 tightness=[ratio for c in same for ratio in c.tightness],
+                margin_use=[use for c in same for use in c.margin_use],
+                margin_use_max=max(c.margin_use_max for c in same),
             )
         )
     # the first counterexample in image order, as one process finds it first

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -49,9 +50,15 @@ class AttackCheck:
     max_norm: float = 0.0
     scatter: list[tuple[float, float]] = field(default_factory=list)
     tightness: list[float] = field(default_factory=list)  # certified / empirical, per pixel
+    #: per certified pixel aimed at, the drop of its margin over the most the certificate
+    #: allows for the perturbation used (sqrt(2) L ||delta||): how close the attack came to
+    #: the certificate's limit; a sample of up to SCATTER_POINTS per batch, and the largest
+    margin_use: list[float] = field(default_factory=list)
+    margin_use_max: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         ratios = np.asarray(self.tightness, dtype=np.float64)
+        used = np.asarray(self.margin_use, dtype=np.float64)
         return {
             "attack": self.attack,
             "certified_pixels": self.certified_pixels,
@@ -61,6 +68,8 @@ class AttackCheck:
             "max_perturbation_norm": self.max_norm,
             "scatter": [[round(c, 6), round(e, 6)] for c, e in self.scatter],
             "tightness_median": float(np.median(ratios)) if ratios.size else None,
+            "margin_use_median": float(np.median(used)) if used.size else None,
+            "margin_use_max": self.margin_use_max if used.size else None,
         }
 
 
@@ -194,7 +203,8 @@ def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
         sentinel = max(255, engine.num_classes)
         aimed = torch.where(certified, target, torch.full_like(target, sentinel))
         ctx = attack_context(engine, engine.generator("soundness", p["eps"], b))
-        ctx = dataclasses.replace(ctx, ignore_index=sentinel)
+        # a batch whose every aimed-at pixel is flipped has nothing left to find
+        ctx = dataclasses.replace(ctx, ignore_index=sentinel, stop_when_all_flipped=True)
         model = ctx.model
         n_certified = int(certified.sum())
         for name, check in checks.items():
@@ -212,8 +222,10 @@ def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
             else:
                 adv = _target_attack(name, p["steps"])(batch.images, aimed, threat=threat, ctx=ctx)
             with torch.no_grad():
-                adv_pred = model(adv).argmax(1)
+                adv_logits = model(adv)
+            adv_pred = adv_logits.argmax(1)
             delta_norm = (adv - batch.images).flatten(1).norm(dim=1)
+            _margin_use(check, margin, adv_logits, target, certified, delta_norm, lipschitz.value)
             check.max_norm = max(check.max_norm, float(delta_norm.max()))
             changed = adv_pred != target
             flipped = changed & certified
@@ -274,6 +286,23 @@ def _scatter(check: AttackCheck, radius: torch.Tensor, empirical: torch.Tensor) 
     points = zip(cert[::step].tolist(), emp[::step].tolist(), strict=True)
     check.scatter.extend(points)
     del check.scatter[SCATTER_POINTS:]
+
+
+def _margin_use(check, margin, adv_logits, target, certified, delta_norm, lipschitz) -> None:
+    """How much of what the certificate allows the attack used on the pixels it aimed at:
+    the margin of the clean prediction can drop by at most sqrt(2) L ||delta||."""
+    if not bool(certified.any()):
+        return
+    logits = adv_logits.double()
+    own = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    rival = logits.scatter(1, target.unsqueeze(1), -math.inf).amax(1)
+    allowed = math.sqrt(2) * lipschitz * delta_norm.double().view(-1, 1, 1)
+    use = ((margin.double() - (own - rival)) / allowed.clamp(min=1e-300))[certified]
+    use = use[torch.isfinite(use)].cpu()
+    if use.numel():
+        check.margin_use_max = max(check.margin_use_max, float(use.max()))
+        step = max(1, use.numel() // SCATTER_POINTS)
+        check.margin_use.extend(use[::step].tolist()[:SCATTER_POINTS])
 
 
 def _counterexample(batch: Batch, adv, flipped, margin, lipschitz, eps, attack, radius):

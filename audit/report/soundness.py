@@ -250,10 +250,18 @@ def _check_row(check: Mapping[str, Any], eps: float | None, color: str) -> dict[
         "max_norm": fmt_sig(norm),
         "norm_over": norm is not None and eps is not None and norm > eps * (1 + 1e-3) + 1e-9,
         "tightness": fmt_sig(check.get("tightness_median"), 3),
+        "margin_use": _margin_use(check),
         # An attack that moved nothing tested nothing: say so rather than read as a pass.
         "idle": finite(check.get("flipped_any")) == 0 or norm == 0,
         "pairs": len(as_list(check.get("scatter"))),
     }
+
+
+def _margin_use(check: Mapping[str, Any]) -> str:
+    median, most = finite(check.get("margin_use_median")), finite(check.get("margin_use_max"))
+    if median is None or most is None:
+        return NA
+    return f"{median:.0%} / {most:.0%}"
 
 
 _COUNTEREXAMPLE_FIELDS = (
