@@ -291,6 +291,7 @@ class Engine:
         ``key`` names the evaluation in the ranks' exchange.
         """
         tried: list[int] = []
+        configured = self._batch_size
         try:
             while True:
                 tried.append(self._batch_size)
@@ -306,7 +307,7 @@ class Engine:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
         finally:
-            self._batch_size = self.batch_size
+            self._batch_size = configured
             if len(tried) > 1:
                 self.memory_retries[key] = {"evaluation": label, "batch_sizes": tried}
 
