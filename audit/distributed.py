@@ -171,11 +171,12 @@ class Ranks:
             timeout_s=timeout,
         )
 
-    def leave(self) -> None:
-        """Leave the job, once every rank got here: torchrun stops the other ranks as soon
-        as one exits with a failure (a failed claim), which must not cut rank 0 off while
-        it writes the report.  Then the process group, and this rank's scratch folder."""
-        if self.broken is None:
+    def leave(self, *, wait: bool = True) -> None:
+        """Leave the job, once every rank got here (``wait``): torchrun stops the other
+        ranks as soon as one exits with a failure (a failed claim), which must not cut rank
+        0 off while it writes the report.  Then the process group, and this rank's scratch
+        folder.  An interrupted run does not wait: a rank stuck elsewhere would hold it."""
+        if wait and self.broken is None:
             with contextlib.suppress(RankError):
                 self.agree("to finish", None)
         if self.scratch is not None:

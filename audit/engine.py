@@ -292,6 +292,8 @@ class Engine:
         """
         tried: list[int] = []
         configured = self._batch_size
+        # progress names the work (a sweep's shared pass runs outside :meth:`cached`)
+        self._computing.append(label or "evaluation")
         try:
             while True:
                 tried.append(self._batch_size)
@@ -307,6 +309,7 @@ class Engine:
                     if self.device.type == "cuda":
                         torch.cuda.empty_cache()
         finally:
+            self._computing.pop()
             self._batch_size = configured
             if len(tried) > 1:
                 self.memory_retries[key] = {"evaluation": label, "batch_sizes": tried}

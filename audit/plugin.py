@@ -301,7 +301,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if isinstance(run, AuditRun):
         run.audit.interrupts.restore()
         if run.audit.ranks is not None:
-            run.audit.ranks.leave()
+            run.audit.ranks.leave(wait=run.audit.interrupts.received is None)
 
 
 def _audit(config: pytest.Config) -> AuditSession | None:

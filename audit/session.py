@@ -570,5 +570,5 @@ def run_audit(settings: Settings, *, claims: Iterable[str] | None = None) -> dic
         finally:
             session.finish(complete=complete, interrupted_by=interrupted_by)
             if ranks is not None:
-                ranks.leave()
+                ranks.leave(wait=session.interrupts.received is None)
     return session.recorder.to_dict(complete=complete)

@@ -187,6 +187,29 @@ def test_a_rank_without_images_takes_part_and_adds_nothing(tmp_path: Path) -> No
     assert not problems, "\n".join(problems[:20])
 
 
+@pytest.mark.slow
+def test_ranks_reuse_the_cache_rank_0_wrote(tmp_path: Path) -> None:
+    folder = tmp_path / "cached"
+    folder.mkdir()
+    (folder / "ranks.toml").write_text(SUITE.split('[[claims]]\nid = "pgd"')[0])
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    args = ("--audit", "--audit-suite", "ranks.toml", "--audit-data", "synthetic?n=3&size=64x128",
+            "--audit-batch-size", "1", "--audit-cache", "cache")  # fmt: skip
+    records = []
+    for _ in range(2):
+        done = _pytest(folder, *args, ranks=2)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        records.append(json.loads((folder / "audit-report" / "results.json").read_text()))
+    first, second = (r["cache"] for r in records)
+    assert first["computed"] and not first["reused"]
+    # rank 0 read every entry and handed it on: nothing computed again, on any rank
+    assert not second["computed"] and len(second["reused"]) == len(first["computed"])
+    assert len(list((folder / "cache").rglob("*.pt"))) == len(first["computed"])
+    assert [c["measured"] for c in records[0]["claims"]] == [
+        c["measured"] for c in records[1]["claims"]
+    ]
+
+
 FAILING_FACTORY = """
 import os
 import torch.nn as nn

@@ -316,7 +316,7 @@ def evaluate_attack(
                 results = engine.sharded(
                     lambda: run_attack(engine, attack, name, todo),
                     key=cache_key(parts(threat)),
-                    label=f"{name} sweep",
+                    label=f"attack {name} {threat.norm} sweep of {len(todo)}",
                 )
             except ThreatOutOfRange:
                 # Another epsilon of the sweep is too large: this one runs alone below
