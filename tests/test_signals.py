@@ -259,3 +259,31 @@ def test_an_interrupt_a_library_converts_or_swallows_still_stops_the_run(
     assert verdicts == ["passed" if mode == "swallow" else "not_run"] + ["not_run"] * 5
     assert "error" not in verdicts
     assert (tmp_path / "report" / "index.html").is_file()
+
+
+def test_terminating_a_torchrun_job_finishes_rank_0s_record_and_report(audit_dir: Path) -> None:
+    """torchrun forwards SIGTERM to every rank: rank 0 still writes the record and report,
+    and no rank waits for the others in a collective."""
+    report = audit_dir / "audit-report"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        "PYTHONPATH": str(audit_dir),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+         "-m", "pytest", "-p", "audit.plugin", "-p", "no:cacheprovider", "--audit", "slow.pt",
+         "--audit-factory", "slowmodels:build", "--audit-suite", "suite.toml", "--audit-data",
+         "synthetic?n=6&size=32x64", "--audit-batch-size", "1", "--audit-only"],
+        cwd=audit_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    wait_for(process, report / "results.json", POINTS["later-claims"])
+    start = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode != 0 and time.monotonic() - start < 60, output
+    record = json.loads((report / "results.json").read_text())
+    assert record["complete"] is False and record["provenance"]["finished_at"]
+    assert record["reason"].startswith("the run was stopped early by SIGTERM"), output
+    assert record["provenance"]["distributed"]["world_size"] == 2
+    assert "This audit did not complete" in (report / "index.html").read_text()
