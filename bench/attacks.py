@@ -40,6 +40,7 @@ from audit.data.base import Sample, SegmentationDataset
 from audit.devices import resolve_device
 from audit.engine import Engine
 from audit.evaluations import evaluate_attack
+from audit.metrics import predict
 from audit.model.loading import LoadedModel
 from audit.model.metadata import ModelMetadata
 from audit.model.wrapper import SegmentationWrapper
@@ -138,7 +139,7 @@ def run_bare(model, data, args, device, threat) -> tuple[float, int, int]:
     forwards = backwards = 0
     for images, masks in batches(data, args.batch_size, device):
         with torch.no_grad():
-            clean = model(images).argmax(1)
+            clean = predict(model(images))
         forwards += 1
         noise = torch.rand(images.shape, generator=gen, device=device) * 2 - 1
         adv = (images + eps * noise).clamp(0, 1)
@@ -151,7 +152,7 @@ def run_bare(model, data, args, device, threat) -> tuple[float, int, int]:
             adv = adv.detach() + alpha * grad.sign()
             adv = (images + (adv - images).clamp(-eps, eps)).clamp(0, 1)
         with torch.no_grad():
-            pred = model(adv).argmax(1)
+            pred = predict(model(adv))
         forwards += 1
         total += confusion(pred, masks).sum(0)
         del clean
@@ -167,10 +168,10 @@ def run_torchattacks(model, data, args, device, threat) -> tuple[float, int, int
     forwards = backwards = 0
     for images, masks in batches(data, args.batch_size, device):
         with torch.no_grad():
-            model(images).argmax(1)
+            predict(model(images))
         adv = attack(images, torch.where(masks == IGNORE, 0, masks))
         with torch.no_grad():
-            pred = model(adv).argmax(1)
+            pred = predict(model(adv))
         forwards += 2 + steps
         backwards += steps
         total += confusion(pred, masks).sum(0)

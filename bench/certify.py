@@ -6,7 +6,7 @@
 On the bundled 1-Lipschitz demo network and the same synthetic images (rendered once,
 before any timing, so that no competitor pays for drawing scenes):
 
-- plain inference: forward pass and argmax;
+- plain inference: forward pass and prediction (`audit.metrics.predict`);
 - Lipschitz certificates (Massena et al.): one forward pass, top-2 margins in float64,
   per-pixel radii and the joint-budget certified pixel accuracy over a 26-radius grid, i.e.
   what a certificate costs;
@@ -50,6 +50,7 @@ from audit.devices import resolve_device
 from audit.engine import Engine
 from audit.evaluations.certified import certify_lipschitz
 from audit.evaluations.lipschitz import KAPPA, computed_bound
+from audit.metrics import predict
 from audit.model import load_model
 from audit.resources import demo_model_file
 from audit.suite import load_suite
@@ -171,7 +172,7 @@ def main() -> None:
     def plain(_: Any) -> None:
         with torch.no_grad():
             for x, _ in batches():
-                model(x).argmax(1)
+                predict(model(x))
 
     def lipschitz_certificates(_: Any) -> None:
         with torch.no_grad(), margins.full_float32():

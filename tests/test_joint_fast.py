@@ -405,3 +405,21 @@ def test_profile_with_a_remembered_bound_round_trips_through_the_store() -> None
     for f in dataclasses.fields(joint.IoUProfile):
         assert torch.equal(getattr(back, f.name), getattr(profile, f.name)), f.name
     assert torch.equal(joint.dataset_iou_lower_bound(back).nan_to_num(-1), bound.nan_to_num(-1))
+
+
+def test_top2_margin_remembers_the_last_logits_only_while_they_are_unchanged() -> None:
+    from audit.certify.margins import top2_margin
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 4, 5, 6)
+    first_pred, first_margin = top2_margin(logits)
+    expected = (first_pred.clone(), first_margin.clone())
+    first_pred.fill_(3)  # a caller changing what it got back
+    first_margin.fill_(-1.0)
+    pred, margin = top2_margin(logits)
+    assert torch.equal(pred, expected[0]) and torch.equal(margin, expected[1])
+    logits[0, 0] += 100.0  # in place: the remembered result no longer holds
+    pred, margin = top2_margin(logits)
+    fresh = top2_margin(logits.clone())
+    assert torch.equal(pred, fresh[0]) and torch.equal(margin, fresh[1])
+    assert bool((pred[0] == 0).all())

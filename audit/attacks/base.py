@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from audit.attacks import losses
+from audit.metrics import predict
 from audit.threat import ThreatModel
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -45,7 +46,7 @@ class AttackContext:
 
 def all_flipped(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int | None) -> bool:
     """Whether every labelled pixel of the batch is predicted as another class."""
-    wrong = logits.argmax(1) != labels
+    wrong = predict(logits) != labels
     if ignore_index is not None:
         wrong |= labels == ignore_index
     return bool(wrong.all())
@@ -273,5 +274,5 @@ def _masked_accuracy(
     model: Model, images: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
     with torch.no_grad():
-        pred = model(images).argmax(1)
+        pred = predict(model(images))
     return losses.per_image_mean((pred == labels).float(), mask)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from audit.metrics import predict
+
 
 def labelled(labels: torch.Tensor, ignore_index: int | None) -> torch.Tensor:
     """Boolean mask of pixels that carry a label."""
@@ -39,7 +41,7 @@ def segpgd_loss(
     lambda_t = t / (2T), so the attack first pushes correct pixels over, then all."""
     lam = step / (2 * max(steps, 1))
     ce = pixel_ce(logits, labels, ignore_index)
-    correct = (logits.argmax(1) == labels).float()
+    correct = (predict(logits) == labels).float()
     weights = (1 - lam) * correct + lam * (1 - correct)
     return per_image_mean(ce * weights, labelled(labels, ignore_index))
 
@@ -68,7 +70,7 @@ def _onehot(labels: torch.Tensor, mask: torch.Tensor, num_classes: int) -> torch
 
 def _correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # Detached by construction (argmax): the mask selects pixels, it is not optimised.
-    return (logits.argmax(1) == labels).to(logits.dtype)
+    return (predict(logits) == labels).to(logits.dtype)
 
 
 def masked_ce_loss(

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 import torch
 
+from audit.metrics import predict
 from audit.threat import NORMS
 
 Model = Callable[[torch.Tensor], torch.Tensor]
@@ -70,7 +71,7 @@ def pixel_radii(
     total = image_radius(images, adv, norm).float()
     delta = adv - images
     with torch.no_grad():
-        clean = model(images).argmax(1)
+        clean = predict(model(images))
         if reference is None:
             reference = clean
         reference = reference.to(clean.device)
@@ -79,7 +80,7 @@ def pixel_radii(
         for k in range(1, steps + 1):
             t = k / steps
             # the last point is adv itself: images + 1.0 * delta may round differently
-            pred = model(adv if k == steps else images + t * delta).argmax(1)
+            pred = predict(model(adv if k == steps else images + t * delta))
             first = (pred != reference) & torch.isinf(radii)
             radii = torch.where(first, (t * total).view(-1, 1, 1).to(radii.device), radii)
     if ignore_index is not None:

@@ -31,6 +31,7 @@ from audit.attacks.base import (
     project,
     random_start,
 )
+from audit.metrics import predict
 from audit.threat import ThreatModel
 
 #: APGD's losses by the name a claim (``loss``) or SEA's ``members`` uses
@@ -56,7 +57,7 @@ def image_scores(
     """Per-image score of a prediction, lower is worse for the model: pixel accuracy over
     labelled pixels, or the mean IoU over the classes in the image's truth or prediction.
     An image without labelled pixels scores 1 (nothing to attack there)."""
-    pred = logits.argmax(1)
+    pred = predict(logits)
     mask = losses.labelled(labels, ctx.ignore_index)
     if objective == "pixel_accuracy":
         right = (pred == labels) & mask

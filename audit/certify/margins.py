@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import weakref
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -104,6 +105,11 @@ def top2_margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         )
     if not logits.is_floating_point():
         raise TypeError(f"expected floating-point logits, got {logits.dtype}")
+    key = _memo_key(logits)
+    if key is not None and _LAST and _LAST[0][0]() is logits and _LAST[0][1] == key:
+        # clones: a caller that changed a returned tensor in place must not change the next
+        pred, margin = _LAST[0][2]
+        return pred.clone(), margin.clone()
     z = logits.detach()
     # Selecting the two largest logits is exact in the logits' own precision, and the
     # difference of two float32 numbers is exact in float64: casting only the two selected
@@ -112,7 +118,25 @@ def top2_margin(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top1, pred = z.max(dim=1)
     others = z.scatter(1, pred.unsqueeze(1), float("-inf"))
     top2 = others.max(dim=1).values
-    return pred, top1.to(torch.float64) - top2.to(torch.float64)
+    margin = top1.to(torch.float64) - top2.to(torch.float64)
+    _LAST.clear()
+    if key is not None:
+        _LAST.append((weakref.ref(logits), key, (pred.clone(), margin.clone())))
+    return pred, margin
+
+
+#: the last :func:`top2_margin` computed: a certification asks it of the same logits four
+#: times (pixel accuracy, fractions, radii, IoU), and the max over classes is most of its cost
+_LAST: list[tuple[weakref.ref, tuple[int, int], tuple[torch.Tensor, torch.Tensor]]] = []
+
+
+def _memo_key(logits: torch.Tensor) -> tuple[int, int] | None:
+    """What must be unchanged for a remembered result to hold: the tensor's storage and its
+    version counter (bumped by every in-place change); None where it cannot be known."""
+    try:
+        return logits.data_ptr(), logits._version
+    except RuntimeError:  # inference-mode tensors keep no version counter
+        return None
 
 
 def flip_costs(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

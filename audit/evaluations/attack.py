@@ -27,6 +27,7 @@ from audit.engine import cache_key
 from audit.errors import ClaimTimeout, EvaluationError, ThreatOutOfRange
 from audit.evaluations.guard import ModelGuard
 from audit.evaluations.per_image import PerImage
+from audit.metrics import predict
 from audit.objects import Objects, object_counts
 from audit.threat import ThreatModel
 
@@ -381,7 +382,7 @@ def run_attack(
             # device still runs this pass.  Finiteness is checked with the results below.
             clean_logits = engine.forward(batch.images, batch.names, check_finite=False)
             clean_finite = torch.isfinite(clean_logits).all()
-            clean_pred = clean_logits.argmax(1)
+            clean_pred = predict(clean_logits)
             del clean_logits
             # The ground-truth objects are the same for every threat model: found once.
             objects = engine.objects(batch)
@@ -407,7 +408,7 @@ def run_attack(
             # autocast may hand back a reduced dtype: measured in full precision all the same
             adv = adv.float()
             with torch.no_grad():
-                adv_pred = engine.forward(adv, batch.names).argmax(1)
+                adv_pred = predict(engine.forward(adv, batch.names))
             accumulator.update(
                 batch,
                 adv,

@@ -24,6 +24,7 @@ from audit.certify import joint, margins
 from audit.certify.smoothing import SmoothingConfig, smoothing_certify
 from audit.errors import EvaluationError
 from audit.evaluations.lipschitz import KAPPA, LipschitzSource, resolve_lipschitz
+from audit.metrics import predict
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -121,7 +122,7 @@ def certify_lipschitz(
                 iou_parts[-1] = _to_cpu(iou_parts[-1])
                 sizes.extend([tuple(batch.images.shape[-2:])] * len(batch.names))
                 labelled = batch.masks != engine.ignore_index
-                correct = (logits.argmax(1) == batch.masks) & labelled
+                correct = (predict(logits) == batch.masks) & labelled
                 correct_total += int(correct.sum())
                 labelled_total += int(labelled.sum())
                 for j in range(len(batch.names)):

@@ -16,6 +16,7 @@ import torch
 from audit import metrics, objects
 from audit.errors import EvaluationError
 from audit.evaluations.per_image import PerImage
+from audit.metrics import predict
 
 if TYPE_CHECKING:
     from audit.engine import Batch, Engine
@@ -67,7 +68,7 @@ def _compute_clean(engine: Engine) -> CleanEvaluation:
     object_sizes: list[torch.Tensor] = []
     with torch.inference_mode():
         for batch in engine.batches():
-            pred = engine.forward(batch.images, batch.names).argmax(1)
+            pred = predict(engine.forward(batch.images, batch.names))
             cms = metrics.per_image_confusion(
                 pred, batch.masks, engine.num_classes, engine.ignore_index
             ).cpu()

@@ -27,6 +27,7 @@ from audit.engine import seed_for
 from audit.errors import EvaluationError
 from audit.evaluations.per_image import PerImage
 from audit.evaluations.search import Probe, database_key, run_search
+from audit.metrics import predict
 from audit.objects import object_counts
 from audit.strategies import CorruptionParams, corruption_params, example_database
 
@@ -91,7 +92,7 @@ def _compute(engine: Engine, name: str, severity: float) -> CorruptionEvaluation
         for batch in engine.batches():
             seeds = corruption_seeds(engine, name, batch.indices)
             images = corrupt(name, batch.images, severity, seeds=seeds)
-            pred = engine.forward(images, batch.names).argmax(1)
+            pred = predict(engine.forward(images, batch.names))
             cms.append(
                 metrics.per_image_confusion(
                     pred, batch.masks, engine.num_classes, engine.ignore_index
@@ -159,7 +160,7 @@ def _confusions(engine: Engine, batches: Sequence[Batch], transform: Any) -> tor
     cms = []
     with torch.inference_mode():
         for batch in batches:
-            pred = engine.forward(transform(batch), batch.names).argmax(1)
+            pred = predict(engine.forward(transform(batch), batch.names))
             cms.append(
                 metrics.per_image_confusion(
                     pred, batch.masks, engine.num_classes, engine.ignore_index

@@ -28,6 +28,7 @@ from audit.engine import seed_for
 from audit.evaluations.corruption import subset
 from audit.evaluations.lipschitz import KAPPA, LipschitzSource, resolve_lipschitz
 from audit.evaluations.search import Probe, database_key, run_search
+from audit.metrics import predict
 from audit.strategies import Perturbation, example_database, perturbations
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ def _search(engine: Engine, config: Mapping[str, Any]) -> InvarianceSearch:
     with torch.no_grad(), margins.full_float32():
         for batch in batches:
             logits = engine.forward(batch.images, batch.names)
-            clean.append(logits.argmax(1))
+            clean.append(predict(logits))
             if lipschitz is not None:
                 radii.append(margins.certified_radius(logits, lipschitz.value, kappa=KAPPA))
     limit_low, limit_high = config.get("min"), config.get("max")
@@ -86,7 +87,7 @@ def _search(engine: Engine, config: Mapping[str, Any]) -> InvarianceSearch:
         with torch.no_grad():
             for b, batch in enumerate(batches):
                 adv = p.apply(batch.images)
-                pred = engine.forward(adv, batch.names).argmax(1)
+                pred = predict(engine.forward(adv, batch.names))
                 changed = pred != clean[b]
                 pixels += changed.numel()
                 changed_total += int(changed.sum())

@@ -21,6 +21,7 @@ from audit.attacks.radius import image_radius, pixel_radii
 from audit.errors import EvaluationError
 from audit.evaluations.attack import Counters, attack_context
 from audit.evaluations.guard import ModelGuard
+from audit.metrics import predict
 
 if TYPE_CHECKING:
     from audit.engine import Engine
@@ -104,8 +105,8 @@ def run_min_norm(
             adv = attack(batch.images, batch.masks, norm=norm, ctx=ctx).float()
         labelled = batch.masks != engine.ignore_index
         with torch.no_grad():
-            clean_pred = engine.forward(batch.images, batch.names).argmax(1)
-            adv_pred = engine.forward(adv, batch.names).argmax(1)
+            clean_pred = predict(engine.forward(batch.images, batch.names))
+            adv_pred = predict(engine.forward(adv, batch.names))
             radii = pixel_radii(
                 _no_grad(ctx.model),
                 batch.images,

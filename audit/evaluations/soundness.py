@@ -31,6 +31,7 @@ from audit.attacks.radius import pixel_radii
 from audit.certify import joint, margins
 from audit.evaluations.attack import attack_context
 from audit.evaluations.lipschitz import KAPPA, resolve_lipschitz
+from audit.metrics import predict
 from audit.threat import ThreatModel, parse_epsilon
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ def _search(model, images, target, certified, eps, examples) -> torch.Tensor:
     def violates(spec: tuple[int, int, int, float]) -> bool:
         adv = perturbation(spec)
         with torch.no_grad():
-            pred = model(adv).argmax(1)
+            pred = predict(model(adv))
         count = int(((pred != target) & certified).sum())
         if count > best["count"]:
             best.update(count=count, adv=adv)
@@ -185,7 +186,7 @@ def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
         n_images += len(batch.names)
         with torch.no_grad():
             logits = engine.forward(batch.images, batch.names)
-        target = logits.argmax(1)
+        target = predict(logits)
         _pred64, margin = margins.top2_margin(logits)
         radius = margins.certified_radius(logits, lipschitz.value, kappa=KAPPA)
         certified = radius > eps
@@ -223,7 +224,7 @@ def run_soundness(engine: Engine, params: Mapping[str, Any]) -> SoundnessResult:
                 adv = _target_attack(name, p["steps"])(batch.images, aimed, threat=threat, ctx=ctx)
             with torch.no_grad():
                 adv_logits = model(adv)
-            adv_pred = adv_logits.argmax(1)
+            adv_pred = predict(adv_logits)
             delta_norm = (adv - batch.images).flatten(1).norm(dim=1)
             _margin_use(check, margin, adv_logits, target, certified, delta_norm, lipschitz.value)
             check.max_norm = max(check.max_norm, float(delta_norm.max()))

@@ -75,6 +75,7 @@ from adv_lib.attacks.segmentation import alma_prox, asma, dag, pdgd, pdpgd
 from audit.attacks.adapters._common import seeded_global_rng
 from audit.attacks.base import Attack, AttackContext, CallableModule, MinNormAttack
 from audit.errors import AttackUnavailable
+from audit.metrics import predict
 from audit.threat import ThreatModel
 
 #: norm as SegAudit names it -> the value adv-lib's ``p`` / ``norm`` arguments take
@@ -220,7 +221,7 @@ def _runner_up(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     labelled = labels < num_classes
     safe = torch.where(labelled, labels, torch.zeros_like(labels))
     others = logits.detach().scatter(1, safe.unsqueeze(1), float("-inf"))
-    return torch.where(labelled, others.argmax(1), labels)
+    return torch.where(labelled, predict(others), labels)
 
 
 class AdvLibMinNormAttack(MinNormAttack):

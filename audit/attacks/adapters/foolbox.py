@@ -53,6 +53,7 @@ from foolbox.criteria import Misclassification
 from audit.attacks import losses
 from audit.attacks.adapters._common import LibraryAttack
 from audit.attacks.base import Attack, AttackContext, CallableModule
+from audit.metrics import predict
 
 #: foolbox attacks verified on N x K x H x W logits with N x H x W labels -> their norm
 SUPPORTED: dict[str, str] = {
@@ -172,7 +173,7 @@ class DenseMisclassification(Misclassification):
         outputs_, restore_type = ep.astensor_(outputs)
         logits, labels = outputs_.raw, self.labels.raw
         mask = losses.labelled(labels, self.ignore_index)
-        wrong = (logits.argmax(1) != labels) & mask
+        wrong = (predict(logits) != labels) & mask
         count = mask.flatten(1).sum(1)
         fraction = wrong.flatten(1).sum(1) / count.clamp(min=1)
         return restore_type(ep.astensor((fraction >= self.threshold) & (count > 0)))
