@@ -231,7 +231,11 @@ class Ranks:
     def exchange(self, key: str, outcome: Outcome) -> list[Outcome]:
         """Every rank's outcome of the evaluation ``key``; :class:`RankError` (and the group
         marked broken) when the ranks were not all at ``key``."""
-        replies = [Outcome.from_bytes(b) for b in self.all_bytes(outcome.to_bytes(key))]
+        try:
+            payload = outcome.to_bytes(key)
+        except Exception as exc:  # a result the codec cannot carry: the others must hear it
+            payload = Outcome.failed(exc).to_bytes(key)
+        replies = [Outcome.from_bytes(b) for b in self.all_bytes(payload)]
         keys = {r.key for r in replies}
         if len(keys) > 1:
             where = "; ".join(f"rank {i} at {r.key}" for i, r in enumerate(replies))

@@ -351,3 +351,25 @@ def test_attack_shards_keep_the_examples_one_process_keeps() -> None:
     ]
     assert [e.name for e in worst_examples(ranks, 3)] == ["b", "a", "c"]
     assert [e.name for e in worst_examples(ranks, 2)] == ["b", "a"]
+
+
+def test_one_rank_group_exchanges_bytes_and_reports_a_result_it_cannot_send(
+    tmp_path: Path,
+) -> None:
+    import torch.distributed as dist
+
+    from audit.distributed import Ranks
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        ranks = Ranks(rank=0, world_size=1, local_rank=0, backend="gloo", timeout_s=60.0)
+        assert ranks.all_bytes(b"abc") == [b"abc"] and ranks.rank0_bytes(b"xyz") == b"xyz"
+        assert ranks.all_bytes(b"") == [b""]
+        # a result the codec cannot carry travels as an error, not as a hang elsewhere
+        (reply,) = ranks.exchange("key-1", Outcome("ok", object()))
+        assert reply.status == "error" and reply.key == "key-1"
+        assert "object" in reply.error["message"]
+    finally:
+        dist.destroy_process_group()
