@@ -325,8 +325,6 @@ class Engine:
         finally:
             self._sharding = sharding
         replies = self.ranks.exchange(key, outcome)
-        shards = self.shards()
-        plan = self.batch_plan()
         for rank, reply in enumerate(replies):
             if reply.status == "memory":
                 raise MemoryError(f"rank {rank} ran out of device memory")
@@ -334,8 +332,9 @@ class Engine:
             if reply.status == "error":
                 if rank == self.ranks.rank and outcome.raised is not None:
                     raise outcome.raised
-                images = [i for n in shards[rank] for i in plan[n]]
-                where = f"images {images[0]}-{images[-1]}" if images else "no images"
+                shard = self.shard_images()[rank]
+                start, stop = shard["start"], shard["stop"]
+                where = f"images {start}-{stop - 1}" if stop > start else "no images"
                 raise reply.exception(rank, where)
         parts = [r.value for r in replies if r.status == "ok"]
         if not parts:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -156,3 +157,9 @@ def report_files(folder: Path) -> tuple[dict, str]:
     record (parsed) and the HTML report."""
     assert (folder / "results.json").is_file() and (folder / "index.html").is_file()
     return json.loads((folder / "results.json").read_text()), (folder / "index.html").read_text()
+
+
+def environment_outside_xdist() -> dict[str, str]:
+    """This process's environment without pytest-xdist's variables: a test running in an
+    xdist worker starts audits that must not believe they are workers themselves."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ColourNet
+from conftest import ColourNet, environment_outside_xdist
 
 pytestmark = pytest.mark.slow
 
@@ -266,7 +266,7 @@ def test_terminating_a_torchrun_job_finishes_rank_0s_record_and_report(audit_dir
     and no rank waits for the others in a collective."""
     report = audit_dir / "audit-report"
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")},
+        **environment_outside_xdist(),
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
         "PYTHONPATH": str(audit_dir),
     }

@@ -24,6 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "scripts"))
 from compare_records import differences, normalise  # noqa: E402
 
+from conftest import environment_outside_xdist  # noqa: E402
+
 #: every kind of evaluation that runs over the dataset's batches
 SUITE = """
 name = "ranks"
@@ -120,13 +122,8 @@ def _pytest(folder: Path, *args: str, ranks: int = 0, env: dict[str, str] | None
         [sys.executable, *(launcher if ranks else []), "-m", "pytest", "-p", "audit.plugin",
          "-p", "no:cacheprovider", "-q", *args],
         cwd=folder, capture_output=True, text=True, timeout=600,
-        env={**_environment(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})},
+        env={**environment_outside_xdist(), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})},
     )  # fmt: skip
-
-
-def _environment() -> dict[str, str]:
-    # this test may itself run in a pytest-xdist worker, whose variables the audit must not see
-    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
 
 
 def _audit(folder: Path, suite: str, data: str, batch: int, ranks: int = 0) -> dict[str, Any]:
