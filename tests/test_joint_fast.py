@@ -19,7 +19,7 @@ import torch
 
 import audit.evaluations  # noqa: F401 (registers IoUProfile with the store)
 from audit import store
-from audit.certify import joint
+from audit.certify import cheapest, joint
 from audit.certify.margins import flip_costs, output_budget
 
 KAPPA = 1e-3
@@ -378,8 +378,8 @@ def test_guesses_that_fall_short_are_extended(monkeypatch: pytest.MonkeyPatch, v
 
     # a first cut at cost 0 is too short wherever anything more is affordable; a NaN or an
     # infinite one means every cost up to the largest budget
-    monkeypatch.setattr(joint, "_histogram_guess", nothing(joint._histogram_guess))
-    monkeypatch.setattr(joint, "_topk_guess", nothing(joint._topk_guess))
+    monkeypatch.setattr(joint, "histogram_guess", nothing(joint.histogram_guess))
+    monkeypatch.setattr(joint, "topk_guess", nothing(joint.topk_guess))
     for seed in (4, 9, 17, 33):
         logits, labels, grid, lip = random_batch(seed)
         new = joint.iou_profile(logits, labels, lip, grid, ignore_index=IGNORE)
@@ -391,7 +391,7 @@ def test_guesses_that_fall_short_are_extended(monkeypatch: pytest.MonkeyPatch, v
     assert_same(
         old_iou_profile(logits, labels, 1.0, grid), joint.iou_profile(logits, labels, 1.0, grid)
     )
-    assert set(calls) == {"_histogram_guess", "_topk_guess"}
+    assert set(calls) == {"histogram_guess", "topk_guess"}
 
 
 def test_profile_with_a_remembered_bound_round_trips_through_the_store() -> None:
@@ -423,3 +423,70 @@ def test_top2_margin_remembers_the_last_logits_only_while_they_are_unchanged() -
     fresh = top2_margin(logits.clone())
     assert torch.equal(pred, fresh[0]) and torch.equal(margin, fresh[1])
     assert bool((pred[0] == 0).all())
+
+
+def full_sort_prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+    """The counts as they were computed before :mod:`audit.certify.cheapest`: a sort of every
+    whole row, its running sums, and a search per budget."""
+    cumulative = costs.sort(dim=1).values.cumsum(dim=1)
+    values = budget.unsqueeze(0).expand(costs.shape[0], -1).contiguous()
+    return torch.searchsorted(cumulative, values, right=True)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_prefix_counts_equal_a_full_sort(seed: int) -> None:
+    """Pixel-accuracy and fraction counts sort only the costs within the largest budget; the
+    counts must be a full sort's, on rows with non-candidates, ties, zeros and budgets from
+    nothing to more than every cost."""
+    g = torch.Generator().manual_seed(seed)
+    n, p = (
+        int(torch.randint(1, 5, (1,), generator=g)),
+        int(torch.randint(1, 400, (1,), generator=g)),
+    )
+    margin = torch.rand(n, p, generator=g, dtype=torch.float64) ** 3
+    costs = (margin * 8).round() / 8 if seed % 3 == 0 else margin.square() / 2  # ties
+    costs = torch.where(torch.rand(n, p, generator=g) < 0.3, math.inf, costs)
+    costs[:, : seed % 4] = 0.0
+    if seed % 5 == 0:
+        costs[0] = math.inf  # a row without a candidate
+    total = float(costs.nan_to_num(posinf=0.0).sum())
+    budget = torch.cat(
+        [
+            torch.tensor([0.0, total + 1.0], dtype=torch.float64),
+            torch.rand(6, generator=g, dtype=torch.float64) * total / n,
+        ]
+    )
+    got = cheapest.prefix_counts(costs, budget)
+    assert torch.equal(got, full_sort_prefix_counts(costs, budget))
+    assert cheapest.prefix_counts(costs, budget[:0]).shape == (n, 0)
+
+
+@pytest.mark.parametrize("first", [1, 7, 150])
+def test_prefix_counts_take_more_costs_while_a_row_may_fit_more(monkeypatch, first) -> None:
+    monkeypatch.setattr(cheapest, "FIRST_TAKE", first)
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        costs = torch.rand(3, 500, generator=g, dtype=torch.float64) ** 4
+        costs[1, ::3] = math.inf
+        budget = torch.tensor([0.0, 1e-4, 0.01, 0.5, 3.0, 1e9], dtype=torch.float64)
+        got = cheapest.prefix_counts(costs, budget)
+        assert torch.equal(got, full_sort_prefix_counts(costs, budget))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_individual_certificates_are_counted_as_is_certified_says(seed: int) -> None:
+    """Column 0 of the fraction counts comes from a histogram over the sorted grid; it must
+    equal counting ``is_certified`` pixel by pixel, for unsorted grids with repeats, exact
+    ties at a radius, NaN and infinite logits and a mask."""
+    from audit.certify.margins import certified_radius, is_certified
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 4, 9, 11, generator=g, dtype=torch.float64)
+    logits[0, :, 0, :3] = torch.tensor([math.nan, math.inf, 1.0]).view(3, 1).expand(3, 4).T
+    mask = torch.rand(3, 9, 11, generator=g) < 0.8
+    radius = certified_radius(logits, 1.3)
+    eps = [0.4, 0.0, 0.1, 0.4, float(radius[1, 2, 3]), 2.0][: 1 + seed % 6]
+    counts = joint.certified_fraction_counts(logits, 1.3, eps, mask=mask)
+    single = is_certified(logits, 1.3, eps).reshape(3, len(eps), -1)
+    expected = (single & mask.reshape(3, 1, -1)).sum(-1)
+    assert torch.equal(counts[..., 0], expected)

@@ -185,9 +185,7 @@ class CosPGD(PGD):
     name = "cospgd"
 
     def loss(self, ctx, step, steps):
-        return lambda logits, labels: losses.cospgd_loss(
-            logits, labels, ctx.ignore_index, ctx.num_classes
-        )
+        return lambda logits, labels: losses.cospgd_loss(logits, labels, ctx.ignore_index)
 
 
 @register_attack

@@ -11,8 +11,9 @@ the relaxation.  Each image has its own perturbation and its own budget ``B``.
 
 Shapes.  ``logits`` N x K x H x W (float32/float64, cast to float64 here), ``labels``
 N x H x W, ``eps_grid`` a 1-D sequence of E epsilons in [0, 1] pixel space.  Every curve over
-the grid comes from one forward pass and one sort per image (for IoU, of the costs that fit
-the largest budget, all classes at once): the grid is answered by searching cumulative costs.
+the grid comes from one forward pass and one sort per image of the costs that fit the largest
+budget (for IoU, all classes at once, :mod:`.cheapest`): the grid is answered by searching
+their running sums.
 
 Aggregation (the pitfall of reference section 3).  Certified pixel accuracy counts are
 additive: a per-image lower bound on correct pixels sums to a lower bound on the dataset's.
@@ -31,13 +32,22 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
-from .margins import DEFAULT_KAPPA, flip_costs, is_certified, output_budget
+from .cheapest import (
+    Pair,
+    Selector,
+    cheapest_sums,
+    count_at_most,
+    histogram_guess,
+    prefix_counts,
+    topk_guess,
+)
+from .margins import DEFAULT_KAPPA, certified_radius, flip_costs, output_budget
 
 __all__ = [
     "IoUProfile",
@@ -55,10 +65,6 @@ EpsGrid = float | Sequence[float] | torch.Tensor
 
 #: unit roundoff of float64, for the bisection's rounding slack
 _UNIT_ROUNDOFF = 2.0**-53
-
-Pair = tuple[torch.Tensor, torch.Tensor]
-#: given a cost per group, the (group, cost) of at least all costs up to it
-Selector = Callable[[torch.Tensor], Pair]
 
 
 def _grid(eps_grid: EpsGrid, lipschitz: float, kappa: float, device: torch.device) -> torch.Tensor:
@@ -105,14 +111,6 @@ def _counted(cost: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return mask.reshape(cost.shape[0], -1)
 
 
-def _prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    """Per row of ``costs`` (N x P, ``inf`` = not a candidate): how many of the cheapest
-    candidates fit in each budget together; N x E int64 from one sort."""
-    cumulative = costs.sort(dim=1).values.cumsum(dim=1)
-    values = budget.unsqueeze(0).expand(costs.shape[0], -1).contiguous()
-    return torch.searchsorted(cumulative, values, right=True)
-
-
 def certified_pixel_accuracy_counts(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -138,7 +136,7 @@ def certified_pixel_accuracy_counts(
     n = logits.shape[0]
     cost = cost.reshape(n, -1)
     correct = (keep & (pred == labels)).reshape(n, -1)
-    broken = _prefix_counts(torch.where(correct, cost, math.inf), budget)
+    broken = prefix_counts(torch.where(correct, cost, math.inf), budget)
     certified = correct.sum(1, keepdim=True) - broken
     total = keep.reshape(n, -1).sum(1, keepdim=True).expand_as(certified)
     return torch.stack([certified, total], dim=-1)
@@ -167,12 +165,27 @@ def certified_fraction_counts(
     n = logits.shape[0]
     mask = _counted(cost, mask)
     eps = torch.as_tensor(eps_grid, dtype=torch.float64, device=logits.device).reshape(-1)
-    single = is_certified(logits, lipschitz, eps, kappa=kappa).reshape(n, eps.numel(), -1)
-    individual = (single & mask.unsqueeze(1)).sum(-1)
+    radius = certified_radius(logits, lipschitz, kappa=kappa).reshape(n, -1)
+    individual = _count_above(radius, eps, mask)
     counted = mask.sum(1, keepdim=True)
-    flippable = _prefix_counts(torch.where(mask, cost.reshape(n, -1), math.inf), budget)
+    flippable = prefix_counts(torch.where(mask, cost.reshape(n, -1), math.inf), budget)
     joint = torch.maximum(counted - flippable, individual)
     return torch.stack([individual, joint, counted.expand_as(joint)], dim=-1)
+
+
+def _count_above(radius: torch.Tensor, eps: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per row of ``radius`` (N x P), the ``mask``-ed entries ``> eps[j]`` for each of the E
+    epsilons, N x E int64: :func:`.margins.is_certified`'s comparison, counted from each
+    radius's place in the sorted grid instead of an N x E x P table (NaN never counts)."""
+    n, e = radius.shape[0], eps.numel()
+    order = eps.argsort()
+    # bucketize gives the number of grid values strictly below each radius
+    below = torch.bucketize(radius, eps[order].contiguous())
+    below = torch.where(mask & ~radius.isnan(), below, 0)
+    rows = torch.arange(n, device=radius.device).unsqueeze(1) * (e + 1)
+    hist = torch.bincount((rows + below).reshape(-1), minlength=n * (e + 1)).reshape(n, e + 1)
+    above = hist.flip(1).cumsum(1).flip(1)[:, 1:]  # certified at the j-th smallest: below > j
+    return torch.empty_like(above).index_copy_(1, order, above)
 
 
 def robustness_at_alpha(
@@ -296,91 +309,6 @@ def _first_best(x: torch.Tensor, group: torch.Tensor, groups: int, largest: bool
     return index.new_zeros(groups).scatter_reduce(0, group, index, "amin", include_self=False)
 
 
-def _cheapest_sums(select: Selector, guess: torch.Tensor, limit: torch.Tensor) -> Pair:
-    """Per group, the running sums of its costs sorted ascending while ``<= limit`` (all
-    groups' one after the other) and their number.  ``select(theta)`` gives the (group, cost)
-    of at least every cost of group g ``<= theta[g]``, ``guess`` the first ``theta``.  Each
-    sum is the one a sequential ``cumsum`` of the group's whole sorted row gives (a prefix
-    does not depend on what follows), yet only costs up to ``theta`` are sorted; a group
-    whose sums all fit is done again up to ``limit``, as its prefix may go on."""
-    groups, guess = guess.numel(), guess.double()
-    theta = torch.where(guess < limit, guess, limit)  # a NaN guess falls back to the limit
-    while True:
-        group, cost = select(theta)
-        inside = cost <= theta[group]
-        group, cost = group[inside], cost[inside]
-        order = cost.argsort()
-        order = order[group[order].argsort(stable=True)]
-        group, cost = group[order], cost[order]
-        size = torch.bincount(group, minlength=groups)
-        rank = torch.arange(group.numel(), device=group.device) - (size.cumsum(0) - size)[group]
-        # rows of similar length share a padded table: work in proportion to the costs
-        band = size.clamp(min=1).double().log2().ceil().long().masked_fill(size == 0, -1)
-        sums = torch.empty_like(cost)
-        for b in band[size > 0].unique().tolist():
-            row = (band == b).long().cumsum(0) - 1
-            member = (band == b)[group].nonzero().squeeze(1)
-            at = (row[group[member]], rank[member])
-            table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
-            table[at] = cost[member]
-            sums[member] = table.cumsum(1)[at]
-        count = torch.bincount(group[sums <= limit], minlength=groups)
-        short = (count == size) & (theta < limit)
-        if not bool(short.any()):
-            return sums[sums <= limit], count
-        theta = torch.where(short, limit, theta)
-
-
-def _histogram_guess(
-    group: torch.Tensor, cost: torch.Tensor, groups: int, limit: torch.Tensor
-) -> torch.Tensor:
-    """Per group, the end of the first bin by which its costs add up to more than ``limit``.
-    Bins are even in ``sqrt(cost)``: cheap costs are dense (margins spread evenly)."""
-    bins = 512
-    level = (cost / max(float(limit), 1e-300)).sqrt().mul(bins).clamp(max=bins - 1).long()
-    # index_add_, not a weighted bincount: CUDA has a deterministic one
-    hist = cost.new_zeros(groups * bins).index_add_(0, group * bins + level, cost)
-    over = hist.reshape(groups, bins).cumsum(1) > limit
-    last = torch.where(over.any(1), over.int().argmax(1), bins - 1)
-    return limit * ((last + 1).double() / bins).square()
-
-
-def _topk_guess(gaps: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
-    """Per row of gaps, the cost ``gap^2 / 2`` by which the cheapest add up to more than
-    ``limit``, from the smallest few (more where those do not add up); else ``limit``."""
-    theta = torch.full(gaps.shape[:1], float(limit), dtype=torch.float64, device=gaps.device)
-    todo, m = torch.arange(gaps.shape[0], device=gaps.device), 1024
-    while True:
-        m = min(m, gaps.shape[1])
-        rows = gaps if todo.numel() == gaps.shape[0] else gaps[todo]
-        cost = rows.topk(m, dim=1, largest=False).values.double().square() / 2
-        over = cost.cumsum(1) > limit
-        hit = over.any(1)
-        first = cost[hit].gather(1, over[hit].int().argmax(1, keepdim=True))[:, 0]
-        theta[todo[hit]] = first * (1 + 1e-4)  # the float64 cost may round above the guess
-        todo, cost = todo[~hit], cost[~hit]
-        if m == gaps.shape[1] or not todo.numel():
-            return theta
-        # sums of the cheapest k grow about as k^3 (costs as gap^2, gaps spread evenly)
-        grow = float((limit / cost.sum(1).clamp(min=1e-300)).max()) ** (1 / 3)
-        m = int(m * min(16.0, max(2.0, 1.25 * grow)))
-
-
-def _count_at_most(
-    sums: torch.Tensor, count: torch.Tensor, group: torch.Tensor, values: torch.Tensor
-) -> torch.Tensor:
-    """For each ``values[j]``, how many of group ``group[j]``'s ``sums`` (laid out as
-    :func:`_cheapest_sums` returns them) are ``<= values[j]``: one 1-D ``searchsorted`` on
-    (group, rank of the value) keys, exact for floats."""
-    start = count.cumsum(0) - count
-    owner = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
-    _, rank = torch.unique(torch.cat([sums, values]), sorted=True, return_inverse=True)
-    scale = sums.numel() + values.numel() + 1
-    keys = owner * scale + rank[: sums.numel()]
-    queries = group * scale + rank[sums.numel() :]
-    return torch.searchsorted(keys, queries, right=True) - start[group]
-
-
 def _join_costs(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -388,7 +316,7 @@ def _join_costs(
     keep: torch.Tensor,
     limit: torch.Tensor,
 ) -> tuple[Selector, torch.Tensor]:
-    """For :func:`_cheapest_sums`, true negatives of class k joining it at ``(max_j z_j -
+    """For :func:`cheapest_sums`, true negatives of class k joining it at ``(max_j z_j -
     z_k)^2 / 2`` (N x P ``labels``, ``pred``, ``keep``): a selector and a first guess.  Only
     gaps that pass a test in the logits' precision get a float64 cost, computed as the
     per-class sort did.  A cost ``<= theta`` has a real gap ``<= sqrt(2 theta) (1 + 2^-50)``
@@ -416,7 +344,7 @@ def _join_costs(
         cost = (top.reshape(-1)[flat].double() - z.reshape(-1)[where].double()).square() / 2
         return where // pixels, torch.where(torch.isfinite(cost), cost, 0.0)
 
-    return select, _topk_guess(gap.reshape(n * k, pixels), limit)
+    return select, topk_guess(gap.reshape(n * k, pixels), limit)
 
 
 def iou_profile(
@@ -451,12 +379,12 @@ def iou_profile(
         torch.bincount(i, minlength=groups).reshape(n, k)
         for i in (held, (image + labels)[keep], (image + pred)[keep])
     )
-    guess = _histogram_guess(held, cost, groups, limit)
-    breaks, broken = _cheapest_sums(lambda _: (held, cost), guess, limit)
-    joins, joined = _cheapest_sums(*_join_costs(logits, labels, pred, keep, limit), limit)
+    guess = histogram_guess(held, cost, groups, limit)
+    breaks, broken = cheapest_sums(lambda _: (held, cost), guess, limit)
+    joins, joined = cheapest_sums(*_join_costs(logits, labels, pred, keep, limit), limit)
     # t_max per (image, class, epsilon), then every affordable t, grouped (image, eps, class)
     each = torch.arange(groups, device=device).repeat_interleave(e)
-    most = _count_at_most(breaks, broken, each, budget.repeat(groups))
+    most = count_at_most(breaks, broken, each, budget.repeat(groups))
     most = most.reshape(n, k, e).transpose(1, 2).reshape(-1)
     group = torch.repeat_interleave(torch.arange(most.numel(), device=device), most + 1)
     start = (most + 1).cumsum(0) - (most + 1)
@@ -464,7 +392,7 @@ def iou_profile(
     owner = group // (e * k) * k + group % k
     spent = torch.cat([budget.new_zeros(1), breaks])
     spent = spent[torch.where(t > 0, (broken.cumsum(0) - broken)[owner] + t, 0)]
-    f = _count_at_most(joins, joined, owner, budget[group // k % e] - spent)
+    f = count_at_most(joins, joined, owner, budget[group // k % e] - spent)
     keep_choice = (t == most[group]) | (torch.cat([f[1:], f[-1:]]) < f)
     return IoUProfile(
         tp=tp,

@@ -224,6 +224,27 @@ def _runner_up(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> 
     return torch.where(labelled, predict(others), labels)
 
 
+def _channels_last(
+    model: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` with its N x K x H x W logits laid out channels-last on CPU.
+
+    adv-lib takes the argmax over the class axis at every step; on contiguous logits that
+    reduction is strided, and torch's CPU kernel for it is about nine times slower than over
+    channels-last memory (44 ms against 5 ms for 8 x 8 x 128 x 256, a quarter of a PD-PGD
+    step on the demo).  Only the layout changes: the same values and shape, so the attack's
+    path is the same bit for bit (tested).
+    """
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        logits = model(images)
+        if logits.dim() == 4 and logits.device.type == "cpu":
+            return logits.contiguous(memory_format=torch.channels_last)
+        return logits
+
+    return forward
+
+
 class AdvLibMinNormAttack(MinNormAttack):
     """One adv-lib segmentation attack; subclasses (made by :func:`build_min_norm`) name it."""
 
@@ -251,7 +272,7 @@ class AdvLibMinNormAttack(MinNormAttack):
             size = images[0].numel() if norm == "l2" else 1
             kwargs["γ"] = DAG_LINF_STEP * math.sqrt(size)
         targets = library_labels(labels, ctx.ignore_index, ctx.num_classes).to(images.device)
-        module = CallableModule(ctx.model)
+        module = CallableModule(_channels_last(ctx.model))
         if spec.runner_up:
             with torch.no_grad():
                 logits = module(images)
