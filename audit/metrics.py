@@ -55,12 +55,15 @@ def per_image_confusion(
     else:
         keep = target != ignore_index
     kk = num_classes * num_classes
-    if bool(((target < 0) | (target >= num_classes))[keep].any()):
-        bad = sorted(set(target[keep & ((target < 0) | (target >= num_classes))].unique().tolist()))
+    outside = keep & ((target < 0) | (target >= num_classes))
+    if bool(outside.any()):
+        bad = sorted(set(target[outside].unique().tolist()))
         raise ValueError(f"target holds labels {bad} outside [0, {num_classes}) and not ignored")
-    image = torch.arange(n, device=pred.device).unsqueeze(1).expand_as(target)
-    flat = (image * kk + target * num_classes + pred)[keep]
-    return torch.bincount(flat, minlength=n * kk).reshape(n, num_classes, num_classes)
+    image = torch.arange(n, device=pred.device).unsqueeze(1) * kk
+    # ignored pixels go to one extra bin, dropped after: no boolean compaction of the batch
+    flat = torch.where(keep, image + target * num_classes + pred, n * kk)
+    counts = torch.bincount(flat.reshape(-1), minlength=n * kk + 1)
+    return counts[: n * kk].reshape(n, num_classes, num_classes)
 
 
 def _as_float(cm: torch.Tensor | np.ndarray) -> np.ndarray:

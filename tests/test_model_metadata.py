@@ -257,6 +257,20 @@ def test_check_finite_names_bad_samples_and_pixel_counts() -> None:
         check_finite(logits, ["a.png", "b.png", "c.png"])
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_check_finite_finds_one_bad_logit_anywhere(value: float, dtype) -> None:
+    """The fast path looks at the extremes only; one bad value, wherever it is, must fail."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        logits = (torch.randn(2, 3, 5, 6, generator=g) * 1e3).to(dtype)
+        where = [int(torch.randint(0, size, (1,), generator=g)) for size in logits.shape]
+        logits[tuple(where)] = value
+        with pytest.raises(EvaluationError, match="1 sample"):
+            check_finite(logits, ["a", "b"])
+    check_finite(torch.zeros(0, 3, 5, 6), [])
+
+
 def test_check_finite_passes_finite_logits() -> None:
     logits = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     check_finite(logits, ["a", "b"])
