@@ -32,6 +32,7 @@ the whole certified claim <= 1.5x plain inference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,9 @@ from audit.evaluations.certified import certify_lipschitz
 from audit.evaluations.lipschitz import KAPPA, computed_bound
 from audit.metrics import predict
 from audit.model import load_model
+from audit.model.loading import LoadedModel
+from audit.model.wrapper import SegmentationWrapper
+from audit.nets import LipschitzSegNet
 from audit.resources import demo_model_file
 from audit.suite import load_suite
 
@@ -118,6 +122,18 @@ def measure_items(engine: Engine, items: list[ClaimSpec]) -> None:
             kind.measure(spec, engine)
 
 
+def wide_model() -> LoadedModel:
+    """The demo's architecture at half its downsampling and twice its width (about 16 times
+    its forward cost, nearer a real segmentation network), random 1-Lipschitz weights: the
+    certificates' per-pixel work is the same, the forward pass weighs more against it."""
+    torch.manual_seed(0)
+    net = LipschitzSegNet(8, width=128, depth=6, factor=2).export()
+    demo = load_model(demo_model_file()).metadata
+    metadata = dataclasses.replace(demo, name="bench-wide", lipschitz=None, lipschitz_source=None)
+    wrapper = SegmentationWrapper(net, metadata, name="bench-wide")
+    return LoadedModel(wrapper, None, "bench-wide", "module", metadata)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=16)
@@ -130,6 +146,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--alpha", type=float, default=1e-3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--net",
+        choices=("demo", "wide"),
+        default="demo",
+        help="the bundled demo, or a 1-Lipschitz net of the same family with about 16 times "
+        "its forward cost (random weights)",
+    )
     return parser.parse_args()
 
 
@@ -137,7 +160,7 @@ def main() -> None:
     args = parse_args()
     device = resolve_device(args.device)
     h, w = (int(v) for v in args.size.split("x"))
-    loaded = load_model(demo_model_file())
+    loaded = load_model(demo_model_file()) if args.net == "demo" else wide_model()
     model = loaded.module.to(device)
     data = RenderedScenes(args.images, (h, w))
     images = torch.stack([data[i].image for i in range(args.images)]).to(device)
@@ -213,7 +236,7 @@ def main() -> None:
     print(
         f"device {device} "
         f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, demo model (claimed "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.net} model (claimed "
         f"L = {claimed:.4f}), {args.images} images {h}x{w}, batch {args.batch_size}; "
         f"smoothing sigma {args.sigma}, n {args.n}, n0 {args.n0}, tau {args.tau}, alpha "
         f"{args.alpha} (radius {config.radius:.4f}); harness and claim at radii "

@@ -12,6 +12,12 @@ the suite's total; what is left over (engine and record set-up outside the first
 summaries after the last claim, the report) is its own row.  A suite with a
 ``certificate_soundness`` claim also gets that claim's share stated.
 
+The model time: every image the audited model sees is counted, forward and backward (a
+global forward hook on the model wrapper, a gradient hook on its output), and after the audit
+the same process times the demo's forward pass, and a forward and backward pass to the
+input, on the same images.  Their product is the suite's model time: what the passes its
+budgets ask for cost with no harness around them, a floor no faster harness goes below.
+
 ``--baseline DIR`` times an older checkout beside the current code::
 
     git -C /work/main archive <commit> audit suites reports | tar -x -C DIR
@@ -77,9 +83,12 @@ def worker(suite: str, images: int, device: str, out: Path) -> None:
     }
     known = {f.name for f in dataclasses.fields(Settings)}
     settings = Settings(**{k: v for k, v in wanted.items() if k in known})
+    passes = count_passes()
     start = time.perf_counter()
     run_audit(settings)
     total = time.perf_counter() - start
+    passes.remove()
+    pass_costs = time_passes(images, device)
     record = json.loads((report_dir / "results.json").read_text(encoding="utf-8"))
     claims = record.get("claims", [])
     if isinstance(claims, dict):
@@ -91,6 +100,9 @@ def worker(suite: str, images: int, device: str, out: Path) -> None:
         "import_s": imported,
         "total_s": total,
         "suite_sha256": [s.get("sha256") for s in record.get("suites", [])],
+        "images_forward": passes.forward,
+        "images_backward": passes.backward,
+        **pass_costs,
         "claims": [
             {
                 "nodeid": c.get("nodeid"),
@@ -102,6 +114,87 @@ def worker(suite: str, images: int, device: str, out: Path) -> None:
         ],
     }
     out.write_text(json.dumps(result), encoding="utf-8")
+
+
+@dataclasses.dataclass
+class PassCount:
+    """Images through the audited model during the audit, forward and backward."""
+
+    forward: int = 0
+    backward: int = 0
+    handle: Any = None
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def count_passes() -> PassCount:
+    """Count every image the audited model sees, whichever code path calls it: a global
+    forward hook on the model wrapper (the class both old and new checkouts load the model
+    into), and a gradient hook on its output for the backward passes."""
+    import torch
+    from torch.nn.modules.module import register_module_forward_hook
+
+    count = PassCount()
+
+    def backward(n: int) -> Any:
+        def hook(grad: Any) -> None:
+            count.backward += n
+
+        return hook
+
+    def forward(module: Any, args: Any, output: Any) -> None:
+        if type(module).__name__ != "SegmentationWrapper" or not isinstance(output, torch.Tensor):
+            return
+        count.forward += int(output.shape[0])
+        if output.requires_grad:
+            output.register_hook(backward(int(output.shape[0])))
+
+    count.handle = register_module_forward_hook(forward)
+    return count
+
+
+def time_passes(images: int, device: str, repeats: int = 5) -> dict[str, float]:
+    """Seconds per image of the demo's forward pass, and of a forward and backward pass to the
+    input, on the audit's own images (median of ``repeats``), in this process after the audit."""
+    import torch
+
+    from audit.data import open_dataset
+    from audit.model import load_model
+    from audit.resources import demo_model_file
+
+    model = load_model(demo_model_file()).module.to(device)
+    data = open_dataset(f"synthetic?n={images}")
+    x = torch.stack([data[i].image for i in range(images)]).to(device)
+
+    def median(fn: Any) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            if x.device.type == "cuda":
+                torch.cuda.synchronize(x.device)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) / images
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def forward_backward() -> None:
+        inputs = x.clone().requires_grad_()
+        torch.autograd.grad(model(inputs).sum(), inputs)
+
+    return {"forward_s": median(forward), "forward_backward_s": median(forward_backward)}
+
+
+def model_time(run: dict[str, Any]) -> float:
+    """The audit's model time: its images forward at the forward cost, plus those also
+    backward at the extra cost of a backward pass; no harness could run the same passes in
+    less (the floor of the suite's time as its budgets stand)."""
+    backward = run["forward_backward_s"] - run["forward_s"]
+    return run["images_forward"] * run["forward_s"] + run["images_backward"] * backward
 
 
 # -- the driver -------------------------------------------------------------------------------
@@ -201,6 +294,16 @@ def print_suite(suite: str, sides: Sequence[Side], images: int) -> None:
         if SOUNDNESS in m:
             note += f"; soundness share of the suite's time {m[SOUNDNESS] / m['total']:.1%}"
         print(note)
+        runs = side.runs[suite]
+        if all("images_forward" in run for run in runs):
+            last, floor = runs[-1], statistics.median(model_time(run) for run in runs)
+            print(
+                f"    {side.name}: {last['images_forward']} images forward, "
+                f"{last['images_backward']} backward; at {last['forward_s'] * 1e3:.1f} ms and "
+                f"{last['forward_backward_s'] * 1e3:.1f} ms per image (forward; forward and "
+                f"backward) that is {floor:.2f} s of model time, {floor / m['total']:.1%} "
+                "of the suite"
+            )
     if len(sides) == 2:
         hashes = [side.runs[suite][-1]["suite_sha256"] for side in sides]
         same = "the same suite file" if hashes[0] == hashes[1] else "suite files that differ"
