@@ -490,3 +490,35 @@ def test_individual_certificates_are_counted_as_is_certified_says(seed: int) -> 
     single = is_certified(logits, 1.3, eps).reshape(3, len(eps), -1)
     expected = (single & mask.reshape(3, 1, -1)).sum(-1)
     assert torch.equal(counts[..., 0], expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_profile_where_every_cost_fits_the_budget(dtype) -> None:
+    """Tiny margins and a large radius: every break and join cost fits (the guess takes the
+    whole row at once); the profile must still be the old one's."""
+    g = torch.Generator().manual_seed(8)
+    logits = (1e-3 * torch.randn(3, 5, 12, 10, generator=g, dtype=torch.float64)).to(dtype)
+    labels = torch.randint(0, 5, (3, 12, 10), generator=g)
+    labels[0, :2] = IGNORE
+    grid = [0.0, 0.05, 2.0]
+    new = joint.iou_profile(logits, labels, 1.0, grid, ignore_index=IGNORE)
+    assert_same(old_iou_profile(logits, labels, 1.0, grid), new)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_counts_within_groups_equal_a_search_of_each_group(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    count = torch.randint(0, 6, (7,), generator=g)
+    count[seed % 7] = 0
+    costs = (torch.rand(int(count.sum()), generator=g, dtype=torch.float64) * 4).round() / 4
+    owner = torch.repeat_interleave(torch.arange(7), count)
+    sums = torch.cat([costs[owner == i].sort().values.cumsum(0) for i in range(7)] + [costs[:0]])
+    group = torch.randint(0, 7, (40,), generator=g)
+    values = (torch.rand(40, generator=g, dtype=torch.float64) * 8 - 1).round() / 2
+    got = cheapest.count_at_most(sums, count, group, values)
+    start = count.cumsum(0) - count
+    expected = [
+        int((sums[start[i] : start[i] + count[i]] <= v).sum())
+        for i, v in zip(group, values, strict=True)
+    ]
+    assert got.tolist() == expected

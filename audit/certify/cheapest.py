@@ -47,12 +47,13 @@ def cheapest_sums(select: Selector, guess: torch.Tensor, limit: torch.Tensor) ->
         group, cost = select(theta)
         inside = cost <= theta[group]
         group, cost = group[inside], cost[inside]
-        order = cost.argsort()
-        order = order[group[order].argsort(stable=True)]
-        group, cost = group[order], cost[order]
+        if bool((group[1:] < group[:-1]).any()):
+            order = group.argsort(stable=True)  # groups together; costs sorted per row below
+            group, cost = group[order], cost[order]
         size = torch.bincount(group, minlength=groups)
         rank = torch.arange(group.numel(), device=group.device) - (size.cumsum(0) - size)[group]
-        # rows of similar length share a padded table: work in proportion to the costs
+        # rows of similar length share a padded table, sorted row by row: work in proportion
+        # to the costs, and no sort of all of them at once
         band = size.clamp(min=1).double().log2().ceil().long().masked_fill(size == 0, -1)
         sums = torch.empty_like(cost)
         for b in band[size > 0].unique().tolist():
@@ -61,7 +62,7 @@ def cheapest_sums(select: Selector, guess: torch.Tensor, limit: torch.Tensor) ->
             at = (row[group[member]], rank[member])
             table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
             table[at] = cost[member]
-            sums[member] = table.cumsum(1)[at]
+            sums[member] = table.sort(1).values.cumsum(1)[at]
         count = torch.bincount(group[sums <= limit], minlength=groups)
         short = (count == size) & (theta < limit)
         if not bool(short.any()):
@@ -85,10 +86,17 @@ def histogram_guess(
 
 def topk_guess(gaps: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
     """Per row of gaps, the cost ``gap^2 / 2`` by which the cheapest add up to more than
-    ``limit``, from the smallest few (more where those do not add up); else ``limit``."""
+    ``limit``, from the smallest few (more where those do not add up); else ``limit``.
+    Gaps of 1e37 are not costs (:func:`audit.certify.joint._join_costs` marks
+    non-candidates so)."""
     theta = torch.full(gaps.shape[:1], float(limit), dtype=torch.float64, device=gaps.device)
-    todo, m = torch.arange(gaps.shape[0], device=gaps.device), 1024
-    while True:
+    # Rows whose every cost fits together are done at once, with no topk over all of them.
+    # A guess only saves work (the caller extends one that falls short), so float32 will
+    # do: there the non-candidates' 1e37 squares to inf, which is dropped with NaN.
+    squares = torch.nan_to_num(gaps.float().square(), nan=0.0, posinf=0.0)
+    todo = (squares.sum(1) / 2 > limit).nonzero().squeeze(1)
+    m = 1024
+    while todo.numel():
         m = min(m, gaps.shape[1])
         rows = gaps if todo.numel() == gaps.shape[0] else gaps[todo]
         cost = rows.topk(m, dim=1, largest=False).values.double().square() / 2
@@ -98,25 +106,29 @@ def topk_guess(gaps: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
         theta[todo[hit]] = first * (1 + 1e-4)  # the float64 cost may round above the guess
         todo, cost = todo[~hit], cost[~hit]
         if m == gaps.shape[1] or not todo.numel():
-            return theta
+            break
         # sums of the cheapest k grow about as k^3 (costs as gap^2, gaps spread evenly)
         grow = float((limit / cost.sum(1).clamp(min=1e-300)).max()) ** (1 / 3)
         m = int(m * min(16.0, max(2.0, 1.25 * grow)))
+    return theta
 
 
 def count_at_most(
     sums: torch.Tensor, count: torch.Tensor, group: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
     """For each ``values[j]``, how many of group ``group[j]``'s ``sums`` (laid out as
-    :func:`cheapest_sums` returns them) are ``<= values[j]``: one 1-D ``searchsorted`` on
-    (group, rank of the value) keys, exact for floats."""
+    :func:`cheapest_sums` returns them, ascending within each group) are ``<= values[j]``:
+    a binary search of all the values at once, each within its group's run; float
+    comparisons only, so exact."""
     start = count.cumsum(0) - count
-    owner = torch.repeat_interleave(torch.arange(count.numel(), device=count.device), count)
-    _, rank = torch.unique(torch.cat([sums, values]), sorted=True, return_inverse=True)
-    scale = sums.numel() + values.numel() + 1
-    keys = owner * scale + rank[: sums.numel()]
-    queries = group * scale + rank[sums.numel() :]
-    return torch.searchsorted(keys, queries, right=True) - start[group]
+    low, high = start[group], (start + count)[group]  # the answer lies in [low, high]
+    for _ in range(int(count.max()).bit_length() if count.numel() else 0):
+        middle = (low + high) // 2
+        # middle < high, so middle indexes a sum of the group; an empty range stays empty
+        fits = (middle < high) & (sums[middle.clamp(max=max(sums.numel() - 1, 0))] <= values)
+        low = torch.where(fits, middle + 1, low)
+        high = torch.where(fits | (middle >= high), high, middle)
+    return low - start[group]
 
 
 def prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
