@@ -503,6 +503,10 @@ def test_profile_where_every_cost_fits_the_budget(dtype) -> None:
     grid = [0.0, 0.05, 2.0]
     new = joint.iou_profile(logits, labels, 1.0, grid, ignore_index=IGNORE)
     assert_same(old_iou_profile(logits, labels, 1.0, grid), new)
+    # a budget past the 1e37 that marks excluded gaps: each entry is checked again
+    huge = [0.05, 1e38]
+    new = joint.iou_profile(logits, labels, 1.0, huge, ignore_index=IGNORE)
+    assert_same(old_iou_profile(logits, labels, 1.0, huge), new)
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -56,11 +56,17 @@ def cheapest_sums(select: Selector, guess: torch.Tensor, limit: torch.Tensor) ->
         # to the costs, and no sort of all of them at once
         band = size.clamp(min=1).double().log2().ceil().long().masked_fill(size == 0, -1)
         sums = torch.empty_like(cost)
-        for b in band[size > 0].unique().tolist():
+        bands = band[size > 0].unique().tolist()
+        for b in bands:
             row = (band == b).long().cumsum(0) - 1
+            table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
+            if len(bands) == 1:  # every cost in this one table: no selection of members
+                at = (row[group], rank)
+                table[at] = cost
+                sums = table.sort(1).values.cumsum(1)[at]
+                continue
             member = (band == b)[group].nonzero().squeeze(1)
             at = (row[group[member]], rank[member])
-            table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
             table[at] = cost[member]
             sums[member] = table.sort(1).values.cumsum(1)[at]
         count = torch.bincount(group[sums <= limit], minlength=groups)

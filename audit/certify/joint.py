@@ -334,13 +334,18 @@ def _join_costs(
     gap.scatter_(1, torch.where(keep, labels, pred).unsqueeze(1), 1e37)
     gap.masked_fill_(~keep.unsqueeze(1), 1e37)
 
+    far = torch.tensor(1e37, dtype=gap.dtype, device=gap.device)  # an excluded entry's gap
+
     def select(theta: torch.Tensor) -> Pair:
         bound = ((2 * theta).sqrt() * (1 + 1e-5) + 1e-150).to(gap.dtype).view(n, k, 1)
         where = (~((gap > bound) & (gap < 1e38))).reshape(-1).nonzero().squeeze(1)
-        flat, cls = where // (k * pixels) * pixels + where % pixels, where // pixels % k
-        tn = keep.reshape(-1)[flat] & (labels.reshape(-1)[flat] != cls)
-        tn &= pred.reshape(-1)[flat] != cls
-        where, flat = where[tn], flat[tn]
+        flat = where // (k * pixels) * pixels + where % pixels
+        if not bool((bound < far).all()):
+            # a budget this large lets the excluded entries through: check each again
+            cls = where // pixels % k
+            tn = keep.reshape(-1)[flat] & (labels.reshape(-1)[flat] != cls)
+            tn &= pred.reshape(-1)[flat] != cls
+            where, flat = where[tn], flat[tn]
         cost = (top.reshape(-1)[flat].double() - z.reshape(-1)[where].double()).square() / 2
         return where // pixels, torch.where(torch.isfinite(cost), cost, 0.0)
 
