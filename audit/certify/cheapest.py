@@ -56,17 +56,11 @@ def cheapest_sums(select: Selector, guess: torch.Tensor, limit: torch.Tensor) ->
         # to the costs, and no sort of all of them at once
         band = size.clamp(min=1).double().log2().ceil().long().masked_fill(size == 0, -1)
         sums = torch.empty_like(cost)
-        bands = band[size > 0].unique().tolist()
-        for b in bands:
+        for b in band[size > 0].unique().tolist():
             row = (band == b).long().cumsum(0) - 1
-            table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
-            if len(bands) == 1:  # every cost in this one table: no selection of members
-                at = (row[group], rank)
-                table[at] = cost
-                sums = table.sort(1).values.cumsum(1)[at]
-                continue
             member = (band == b)[group].nonzero().squeeze(1)
             at = (row[group[member]], rank[member])
+            table = cost.new_full((int(row[-1]) + 1, int(size[band == b].max())), math.inf)
             table[at] = cost[member]
             sums[member] = table.sort(1).values.cumsum(1)[at]
         count = torch.bincount(group[sums <= limit], minlength=groups)
@@ -113,9 +107,7 @@ def topk_guess(gaps: torch.Tensor, limit: torch.Tensor) -> torch.Tensor:
         todo, cost = todo[~hit], cost[~hit]
         if m == gaps.shape[1] or not todo.numel():
             break
-        # sums of the cheapest k grow about as k^3 (costs as gap^2, gaps spread evenly)
-        grow = float((limit / cost.sum(1).clamp(min=1e-300)).max()) ** (1 / 3)
-        m = int(m * min(16.0, max(2.0, 1.25 * grow)))
+        m = _next_take(m, cost.sum(1), limit)
     return theta
 
 
@@ -157,8 +149,15 @@ def prefix_counts(costs: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         short = sums[:, -1] <= limit
         if m == p or not bool(short.any()):
             break
-        # sums of the cheapest k grow about as k^3 (costs as margin^2, margins spread evenly)
-        grow = float((limit / sums[short, -1].clamp(min=1e-300)).max()) ** (1 / 3)
-        m = int(m * min(16.0, max(2.0, 1.25 * grow)))
+        m = _next_take(m, sums[short, -1], limit)
     values = budget.unsqueeze(0).expand(n, -1).contiguous()
     return torch.searchsorted(sums, values, right=True)
+
+
+def _next_take(m: int, taken: torch.Tensor, limit: torch.Tensor) -> int:
+    """How many of a row's cheapest costs to take next, when the sums of the ``m`` taken
+    (``taken``, per row still short) stay within ``limit``: the sum of the k cheapest grows
+    about as k^3 (costs as margin^2, margins spread evenly), so the take grows by the cube
+    root of the shortfall, between 2x and 16x."""
+    grow = float((limit / taken.clamp(min=1e-300)).max()) ** (1 / 3)
+    return int(m * min(16.0, max(2.0, 1.25 * grow)))
