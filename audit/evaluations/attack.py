@@ -28,6 +28,7 @@ from audit.errors import ClaimTimeout, EvaluationError, ThreatOutOfRange
 from audit.evaluations.guard import ModelGuard
 from audit.evaluations.per_image import PerImage
 from audit.metrics import predict
+from audit.model import all_finite
 from audit.objects import Objects, object_counts
 from audit.threat import ThreatModel
 
@@ -381,7 +382,7 @@ def run_attack(
             # No read-back before the attack: the host queues the attack's kernels while the
             # device still runs this pass.  Finiteness is checked with the results below.
             clean_logits = engine.forward(batch.images, batch.names, check_finite=False)
-            clean_finite = torch.isfinite(clean_logits).all()
+            clean_finite = all_finite(clean_logits)
             clean_pred = predict(clean_logits)
             del clean_logits
             # The ground-truth objects are the same for every threat model: found once.

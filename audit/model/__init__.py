@@ -7,7 +7,7 @@ trusted, and returns a :class:`LoadedModel` whose ``module`` is a
 
 from __future__ import annotations
 
-from audit.model.checks import check_finite, check_num_classes
+from audit.model.checks import all_finite, check_finite, check_num_classes
 from audit.model.fingerprint import fingerprint_module, tensor_digest
 from audit.model.loading import LoadedModel, load_model
 from audit.model.metadata import ModelMetadata
@@ -18,6 +18,7 @@ __all__ = [
     "ModelMetadata",
     "OutputResolution",
     "SegmentationWrapper",
+    "all_finite",
     "check_finite",
     "check_num_classes",
     "fingerprint_module",
