@@ -125,7 +125,7 @@ def count_at_most(
         # middle < high, so middle indexes a sum of the group; an empty range stays empty
         fits = (middle < high) & (sums[middle.clamp(max=max(sums.numel() - 1, 0))] <= values)
         low = torch.where(fits, middle + 1, low)
-        high = torch.where(fits | (middle >= high), high, middle)
+        high = torch.where(fits, high, middle)  # middle == high when the range is empty
     return low - start[group]
 
 
